@@ -1,0 +1,348 @@
+"""Public contracts between the core and plugins.
+
+Everything a plugin author touches is defined here: the objects a plugin registers
+(scenarios, methods, tasks, built-in models, model sources, probes), the run context a
+scenario receives, and the rows a run produces. Plugins import from ``harness.api`` only;
+the rest of ``harness`` is private to the core.
+
+This module imports neither torch nor transformers so that discovery, ``harness list`` and
+``--dry-run`` stay fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from harness.probes.timing import TimingResult
+
+__all__ = [
+    "STATUSES",
+    "MeasureSettings",
+    "Method",
+    "MetricRow",
+    "ModelEntry",
+    "ModelSource",
+    "NoParams",
+    "Params",
+    "PhaseResult",
+    "Probe",
+    "Recorder",
+    "RunContext",
+    "RunSpec",
+    "SampleRow",
+    "Scenario",
+    "Task",
+    "Unsupported",
+]
+
+#: Every status a run can end with. ``ok`` and ``invalid`` are measurements (``invalid``
+#: missed the suite's measurement rules); ``oom`` is a real result for memory benchmarks;
+#: ``failed``, ``timeout`` and ``crashed`` carry an error and a traceback or reason.
+STATUSES = ("ok", "invalid", "oom", "failed", "timeout", "crashed")
+
+
+class Params(BaseModel):
+    """Base class of every params schema (method, task or model params).
+
+    Unknown keys are errors, so a misspelt parameter in a suite fails validation with the
+    field's file:line instead of silently running with a default. Subclass it and declare
+    fields with defaults; ``harness list`` shows them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    """Params schema of a component that takes none."""
+
+
+class MeasureSettings(Params):
+    """How long timed loops run, and when a run counts as valid (MLPerf LoadGen's idea).
+
+    A timed loop repeats until both ``min_repeats`` and ``min_seconds`` hold, stopping
+    early only at ``max_seconds``; a run that ends below either minimum, or whose timing CV
+    exceeds ``max_cv``, is stored with status ``invalid`` and the reason.
+    """
+
+    warmup: int = 3
+    min_repeats: int = 10
+    min_seconds: float = 1.0
+    max_seconds: float = 60.0
+    max_cv: float | None = 0.25
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One stored figure: ``(phase, metric, stat) -> value [unit]``.
+
+    ``value`` is ``None`` only together with a ``reason`` (a probe that cannot measure
+    here says why; it never reports 0). ``higher_is_better`` is set on quality metrics so
+    the leaderboard knows which way is better; costs leave it ``None`` (lower is better).
+    """
+
+    phase: str
+    metric: str
+    value: float | None
+    unit: str
+    stat: str = "value"
+    reason: str | None = None
+    higher_is_better: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.value is None and not self.reason:
+            raise ValueError(f"metric {self.phase}/{self.metric}: a null value needs a reason")
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """Raw samples behind a statistic (e.g. every timed iteration, in ``unit``)."""
+
+    phase: str
+    metric: str
+    unit: str
+    values: tuple[float, ...]
+
+
+class Recorder:
+    """Collects a run's rows; scenarios, methods and probes write through it."""
+
+    def __init__(self) -> None:
+        self.metrics: list[MetricRow] = []
+        self.samples: list[SampleRow] = []
+        self.invalid_reasons: list[str] = []
+
+    def record(
+        self,
+        phase: str,
+        metric: str,
+        value: float | None,
+        unit: str,
+        *,
+        stat: str = "value",
+        reason: str | None = None,
+        higher_is_better: bool | None = None,
+    ) -> None:
+        """Record one figure. Pass ``value=None`` with a ``reason`` when it can't be had."""
+        if value is not None:
+            value = float(value)
+        self.metrics.append(
+            MetricRow(phase, metric, value, unit, stat, reason, higher_is_better)
+        )
+
+    def unavailable(self, phase: str, metric: str, unit: str, reason: str) -> None:
+        """Record that ``metric`` cannot be measured here, and why (stored as null)."""
+        self.record(phase, metric, None, unit, reason=reason)
+
+    def record_samples(self, phase: str, metric: str, unit: str, values: Sequence[float]) -> None:
+        """Keep the raw samples behind a statistic."""
+        self.samples.append(SampleRow(phase, metric, unit, tuple(float(v) for v in values)))
+
+    def mark_invalid(self, reason: str) -> None:
+        """Mark the run ``invalid`` (it finishes and is stored, with this reason)."""
+        self.invalid_reasons.append(reason)
+
+    def value(self, phase: str, metric: str, stat: str = "value") -> float | None:
+        """The latest recorded value of a figure, or ``None`` if absent or null."""
+        for row in reversed(self.metrics):
+            if (row.phase, row.metric, row.stat) == (phase, metric, stat):
+                return row.value
+        return None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of a suite's matrix, fully resolved (defaults filled in).
+
+    ``config`` is the canonical JSON-able dict hashed into ``run_key``; the other fields are
+    views of it for convenience.
+    """
+
+    run_key: str
+    suite: str
+    scenario: str
+    model: Mapping[str, Any]
+    task: str
+    task_params: Mapping[str, Any]
+    method: str
+    method_version: str
+    method_plugin: str
+    params: Mapping[str, Any]
+    seed: int
+    device: str
+    measure: MeasureSettings
+    timeout_s: float | None
+    config: Mapping[str, Any]
+
+    @property
+    def label(self) -> str:
+        """A short human label: ``method(k=v) · task · model · seed``."""
+        params = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        method = f"{self.method}({params})" if params else self.method
+        return f"{method} · {self.task} · {self.model['ref']} · seed {self.seed}"
+
+
+class Unsupported(Exception):
+    """Raised by a method or scenario when a run can't be done on this machine.
+
+    The run is stored as ``failed`` with the message as its reason (e.g. "offloading
+    needs a CUDA device"), not as a crash.
+    """
+
+
+@dataclass
+class PhaseResult:
+    """What a probed phase measured; filled when its ``with`` block exits."""
+
+    name: str
+    seconds: float | None = None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Probe(Protocol):
+    """A measurement wrapped around every phase of a run.
+
+    ``measure(phase, recorder)`` is a context manager: it starts measuring on enter and
+    records its rows on exit. When its source is unavailable (no GPU, no NVML, no per-process
+    VRAM in a container) it records nulls with a reason and never raises.
+    """
+
+    name: str
+
+    def measure(self, phase: str, recorder: Recorder) -> contextlib.AbstractContextManager[Any]:
+        ...
+
+
+@runtime_checkable
+class RunContext(Protocol):
+    """What a scenario gets for one run. Implemented by the core."""
+
+    spec: RunSpec
+    recorder: Recorder
+    device: str
+    method: Method
+    task: Task
+    #: Every registered component (a :class:`harness.registry.Components`).
+    components: Any
+    #: Where built-in models and datasets are cached (``$HARNESS_CACHE_DIR`` or the user's
+    #: cache dir), keyed by recipe hash.
+    cache_dir: str
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager[PhaseResult]:
+        """Wrap a phase (``load``, ``prefill``, ``train``, …) with every probe."""
+        ...
+
+    def time(
+        self,
+        phase: str,
+        fn: Callable[[], Any],
+        *,
+        items: float | None = None,
+        item_unit: str = "item",
+    ) -> TimingResult:
+        """Time ``fn`` under the suite's measure settings inside ``phase``.
+
+        Records the cold first call, latency statistics and raw samples, throughput when
+        ``items`` (processed per call) is given, and validity against the measure settings.
+        """
+        ...
+
+    def load_model(self, kind: str) -> Any:
+        """Load this run's model as ``kind`` (e.g. ``"causal-lm"``) on ``device``.
+
+        Preparing a built-in model (training it on first use) happens outside the probes;
+        loading is timed in the ``load`` phase.
+        """
+        ...
+
+    def load_tokenizer(self) -> Any:
+        """Load the tokenizer that goes with this run's model (from its model source)."""
+        ...
+
+    def count_parameters(self, model: Any, phase: str = "model") -> tuple[int, int]:
+        """Record and return ``(total, trainable)`` parameter counts of a torch module."""
+        ...
+
+
+@runtime_checkable
+class Scenario(Protocol):
+    """The protocol of one kind of workload. It owns the loop and the phases.
+
+    ``method_protocol`` names the attributes a method must provide to take part (checked
+    when a suite is validated); ``model_kinds`` the kinds it asks ``load_model`` for.
+    """
+
+    name: str
+    description: str
+    method_protocol: tuple[str, ...]
+
+    def run(self, ctx: RunContext) -> None:
+        ...
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A named method: the scenarios it supports, its params schema, its scenario side.
+
+    ``version`` goes into every run key, so bump it when the method's results change.
+    The scenario-specific side is extra attributes named by the scenario's
+    ``method_protocol`` (e.g. ``apply(model, params, ctx)`` for ``perplexity``).
+    """
+
+    name: str
+    version: str
+    description: str
+    scenarios: tuple[str, ...]
+    params: type[Params]
+
+
+@runtime_checkable
+class Task(Protocol):
+    """Data plus metric for one scenario. ``params`` is its schema (defaults shown in list)."""
+
+    name: str
+    description: str
+    scenario: str
+    params: type[Params]
+
+
+@runtime_checkable
+class ModelEntry(Protocol):
+    """A built-in model (``builtin:NAME``): made offline, cached under the cache dir.
+
+    ``prepare(cache_dir)`` builds it if absent (e.g. trains it) and returns the local path
+    that ``hf`` loading code can read; it must be safe to call from several processes.
+    """
+
+    name: str
+    description: str
+    kinds: tuple[str, ...]
+
+    def prepare(self, cache_dir: str) -> str:
+        ...
+
+
+@runtime_checkable
+class ModelSource(Protocol):
+    """How a model reference ``SOURCE:ID`` is loaded (``hf``, ``hf-config``, ``builtin``).
+
+    ``kind`` says which head the scenario needs (``causal-lm``, ``image-classification``,
+    ``base``). ``options`` are the other keys of the suite's model entry (``dtype``,
+    ``overrides``, …). A source may also define ``prepare(id, options, ctx)``, run once
+    before loading and outside the probes (a built-in model trains there on first use).
+    """
+
+    name: str
+    description: str
+
+    def load(self, id: str, kind: str, options: Mapping[str, Any], ctx: RunContext) -> Any:
+        ...
+
+    def load_tokenizer(self, id: str, options: Mapping[str, Any], ctx: RunContext) -> Any:
+        ...

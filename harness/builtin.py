@@ -1,0 +1,48 @@
+"""The core's own plugin: built-in scenarios, tasks, models, model sources and probes.
+
+It registers through the same ``harness`` entry point as any plugin (``core =
+"harness.builtin"``). Importing it stays cheap: every hook imports its modules, and those
+import torch and transformers only when they run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from harness import hookimpl
+from harness.api import ModelEntry, ModelSource, Probe, Scenario, Task
+
+
+@hookimpl
+def harness_add_scenarios() -> Sequence[Scenario]:
+    from harness.scenarios.perplexity import PerplexityScenario
+
+    return [PerplexityScenario()]
+
+
+@hookimpl
+def harness_add_tasks() -> Sequence[Task]:
+    from harness.scenarios.perplexity import StdlibText
+
+    return [StdlibText()]
+
+
+@hookimpl
+def harness_add_models() -> Sequence[ModelEntry]:
+    from harness.models.tiny_byte_lm import TinyByteLM
+
+    return [TinyByteLM()]
+
+
+@hookimpl
+def harness_add_model_sources() -> Sequence[ModelSource]:
+    from harness.models.sources import default_sources
+
+    return default_sources()
+
+
+@hookimpl
+def harness_add_probes(device: str) -> Sequence[Probe]:
+    from harness.probes import default_probes
+
+    return default_probes(device)

@@ -1,0 +1,416 @@
+"""The ``harness`` command: run | list | query | export | new-plugin."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from harness import __version__
+from harness.api import RunSpec
+from harness.executors import EXECUTORS
+
+STATUS_STYLE = {
+    "ok": "green",
+    "invalid": "yellow",
+    "oom": "magenta",
+    "failed": "red",
+    "timeout": "red",
+    "crashed": "bold red",
+}
+DEFAULT_DB = "harness.duckdb"
+
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+# -- plugins --------------------------------------------------------------------------------
+
+
+def _split_plugin_args(values: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``-p mod`` loads a plugin, ``-p no:name`` blocks one (pytest's convention)."""
+    modules = [v for v in values if not v.startswith("no:")]
+    blocked = [v[3:] for v in values if v.startswith("no:")]
+    return modules, blocked
+
+
+def _load(plugin_args: Sequence[str], extra: Sequence[str] = (), base_dir: Path | None = None):
+    from harness.plugins import load_components, load_plugins
+
+    modules, blocked = _split_plugin_args(plugin_args)
+    plugins = load_plugins([*modules, *extra], blocked=blocked, base_dir=base_dir)
+    components = load_components(plugins)
+    for name, error in plugins.failures.items():
+        console.print(f"[red]plugin '{escape(name)}' failed and is not loaded:[/] {escape(error)}")
+    return plugins, components
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+class RichReporter:
+    """A progress bar with ETA, one line per finished run, and a summary table at the end."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[current]}"),
+            console=console,
+            transient=False,
+        )
+        self.task_id: Any = None
+
+    def begin(self, suite, pending: Sequence[RunSpec], skipped: int) -> None:
+        if skipped:
+            console.print(f"resuming: {skipped} run(s) already in the store are skipped")
+        self.progress.start()
+        self.task_id = self.progress.add_task(suite.name, total=len(pending), current="")
+
+    def run_started(self, spec: RunSpec) -> None:
+        self.progress.update(self.task_id, current=escape(spec.label))
+
+    def run_finished(self, spec: RunSpec, result: dict[str, Any]) -> None:
+        status = result["status"]
+        style = STATUS_STYLE.get(status, "white")
+        line = (f"[{style}]{status:>7}[/] {escape(spec.label)} "
+                f"[dim]{spec.run_key} {result['wall_s']:.1f}s[/]")
+        if result.get("error"):
+            line += f"\n         [{style}]{escape(result['error'].splitlines()[0][:300])}[/]"
+        self.progress.console.print(line)
+        self.progress.advance(self.task_id)
+
+    def warn(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/] {escape(message)}")
+
+    def end(self) -> None:
+        self.progress.update(self.task_id, current="")
+        self.progress.stop()
+
+
+def _first(metrics: list[dict], predicate) -> dict | None:
+    return next((m for m in metrics if predicate(m)), None)
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if unit == "bytes":
+        for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+            if abs(value) >= scale:
+                return f"{value / scale:.3g} {suffix}"
+        return f"{value:.0f} B"
+    text = f"{value:.4g}"
+    return f"{text} {unit}".strip()
+
+
+def summary_table(specs: dict[str, RunSpec], results: list[dict[str, Any]]) -> Table:
+    """One row per run executed now: status, first quality metric, latency, peak memory."""
+    table = Table(title="summary", show_lines=False)
+    for column in ("run", "status", "quality", "latency (median)", "peak host RSS",
+                   "peak VRAM", "wall"):
+        table.add_column(column)
+    for result in results:
+        spec = specs[result["run_key"]]
+        metrics = result["metrics"]
+        quality = _first(metrics, lambda m: m["higher_is_better"] is not None
+                         and m["value"] is not None)
+        latency = _first(metrics, lambda m: m["metric"] == "latency" and m["stat"] == "median")
+        rss = [m["value"] for m in metrics if m["metric"] == "host_rss_peak" and m["value"]]
+        vram = [m["value"] for m in metrics if m["metric"] == "cuda_allocated_peak" and m["value"]]
+        style = STATUS_STYLE.get(result["status"], "white")
+        table.add_row(
+            escape(spec.label),
+            f"[{style}]{result['status']}[/]",
+            f"{quality['metric']} {_fmt(quality['value'], quality['unit'])}" if quality else "—",
+            _fmt(latency["value"], "ms") if latency else "—",
+            _fmt(max(rss), "bytes") if rss else "—",
+            _fmt(max(vram), "bytes") if vram else "—",
+            f"{result['wall_s']:.1f} s",
+        )
+    return table
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.environment import resolve_device
+    from harness.suite import SuiteError, read_suite, resolve_suite
+
+    try:
+        suite_file = read_suite(args.suite)
+        plugins, components = _load(args.plugin, suite_file.plugins, suite_file.path.parent)
+        suite = resolve_suite(
+            suite_file, components, lambda spec: resolve_device(args.device or spec)
+        )
+    except SuiteError as exc:
+        console.print(f"[red]invalid suite {escape(str(args.suite))}:[/]")
+        for issue in exc.issues:
+            console.print(f"  {escape(str(issue))}")
+        return 2
+    except FileNotFoundError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        return 2
+
+    if args.dry_run:
+        return _dry_run(suite, args.db)
+
+    from harness.executors.inline import InlineExecutor
+    from harness.executors.subprocess import SubprocessExecutor
+    from harness.runner import Driver, worker_log_dir
+    from harness.store import Store
+
+    executor_name = args.executor or suite.executor
+    from harness.models import cache_dir as default_cache_dir
+
+    cache_dir = args.cache_dir or default_cache_dir()
+    if executor_name == "inline":
+        executor = InlineExecutor(plugins, components, suite.device, cache_dir)
+    else:
+        executor = SubprocessExecutor(
+            plugins, suite.device, cache_dir, worker_log_dir(),
+            isolation=suite.isolation, base_dir=suite.path.parent,
+        )
+    store = Store(args.db)
+    driver = Driver(suite, store, plugins, executor, RichReporter())
+    try:
+        outcome = driver.run(rerun=args.rerun, retry_failed=args.retry_failed)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: finished runs are stored; run again to resume[/]")
+        return 130
+    specs = {spec.run_key: spec for spec in suite.runs}
+    if outcome.results:
+        out.print(summary_table(specs, outcome.results))
+    counts: dict[str, int] = {}
+    for result in outcome.results:
+        counts[result["status"]] = counts.get(result["status"], 0) + 1
+    parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+    if outcome.skipped:
+        parts.append(f"{outcome.skipped} resumed from the store")
+    console.print(f"{suite.name}: {', '.join(parts) or 'nothing to do'} -> {args.db}")
+    if outcome.unsaved:
+        console.print(f"[red]{len(outcome.unsaved)} result(s) could not be stored; see above[/]")
+        return 1
+    if outcome.failures and not args.keep_going_exit_0:
+        return 1
+    return 0
+
+
+def _dry_run(suite, db: str) -> int:
+    from harness.store import StoreError, connect_readonly
+
+    stored: dict[str, str] = {}
+    if Path(db).exists():
+        try:
+            con = connect_readonly(db)
+            try:
+                stored = dict(con.execute("SELECT run_key, status FROM runs").fetchall())
+            finally:
+                con.close()
+        except StoreError as exc:
+            console.print(f"[yellow]could not read {escape(db)}: {escape(str(exc))}[/]")
+    table = Table(title=f"{suite.name}: {len(suite.runs)} runs"
+                  + (f" ({suite.excluded} excluded)" if suite.excluded else ""))
+    for column in ("run key", "model", "task", "method", "params", "seed", "stored"):
+        table.add_column(column)
+    for spec in suite.runs:
+        params = ", ".join(f"{k}={v}" for k, v in sorted(spec.params.items()))
+        table.add_row(spec.run_key, escape(spec.model["ref"]), escape(spec.task),
+                      escape(spec.method), escape(params), str(spec.seed),
+                      stored.get(spec.run_key, "—"))
+    out.print(table)
+    first = suite.runs[0] if suite.runs else None
+    if first is not None:
+        out.print(f"device {first.device} ({escape(str(first.config['hardware']))}), "
+                  f"executor {suite.executor}, isolation {suite.isolation}")
+    return 0
+
+
+# -- list -----------------------------------------------------------------------------------
+
+
+def _params_text(schema: Any) -> str:
+    fields = getattr(schema, "model_fields", {})
+    parts = []
+    for name, info in fields.items():
+        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation)
+        default = "required" if info.is_required() else repr(info.default)
+        parts.append(f"{name}: {annotation.replace('typing.', '')} = {default}")
+    return "\n".join(parts) or "—"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    plugins, components = _load(args.plugin)
+    what = args.what
+    sections = {
+        "scenarios": (components.scenarios, ("name", "plugin", "method protocol", "description")),
+        "methods": (components.methods, ("name", "plugin", "version", "scenarios", "params",
+                                         "description")),
+        "tasks": (components.tasks, ("name", "plugin", "scenario", "params", "description")),
+        "models": (components.models, ("name", "plugin", "kinds", "description")),
+        "sources": (components.model_sources, ("name", "plugin", "description")),
+    }
+    if what == "plugins":
+        table = Table(title="plugins")
+        for column in ("name", "version", "status"):
+            table.add_column(column)
+        for name, _ in plugins.manager.list_name_plugin():
+            table.add_row(escape(name), plugins.versions.get(name, ""), "[green]loaded[/]")
+        for name, error in plugins.failures.items():
+            table.add_row(escape(name), "", f"[red]failed[/]: {escape(error)}")
+        out.print(table)
+        return 0
+    for section in (what,) if what != "all" else tuple(sections):
+        registry, columns = sections[section]
+        table = Table(title=section, show_lines=True)
+        for column in columns:
+            table.add_column(column)
+        for name, item in registry:
+            cells = {
+                "name": name,
+                "plugin": registry.plugin_of(name),
+                "description": getattr(item, "description", ""),
+                "method protocol": ", ".join(getattr(item, "method_protocol", ())),
+                "version": str(getattr(item, "version", "")),
+                "scenarios": ", ".join(getattr(item, "scenarios", ())),
+                "scenario": getattr(item, "scenario", ""),
+                "params": _params_text(getattr(item, "params", None)),
+                "kinds": ", ".join(getattr(item, "kinds", ())),
+            }
+            table.add_row(*(escape(str(cells[c])) for c in columns))
+        out.print(table)
+    return 0
+
+
+# -- query / export -------------------------------------------------------------------------
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from harness.store import StoreError, query
+
+    try:
+        columns, rows = query(args.db, args.sql)
+    except (StoreError, FileNotFoundError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        return 1
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif args.format == "json":
+        print(json.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=str,
+                         indent=1))
+    else:
+        table = Table()
+        for column in columns:
+            table.add_column(escape(column))
+        for row in rows:
+            table.add_row(*(escape("NULL" if v is None else str(v)) for v in row))
+        out.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.store import StoreError, export_parquet
+
+    try:
+        paths = export_parquet(args.db, args.parquet)
+    except (StoreError, FileNotFoundError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        return 1
+    for path in paths:
+        out.print(str(path))
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from harness.scaffold import ScaffoldError, scaffold_plugin
+
+    try:
+        root = scaffold_plugin(args.name, Path(args.dir))
+    except ScaffoldError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        return 2
+    out.print(f"created {root}\n\nnext:\n  pip install -e {root}\n"
+              f"  pytest {root}\n  harness run {root / 'suite.yaml'}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Benchmark efficient deep-learning methods: quality and cost in one run.",
+    )
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plugin_help = "load a plugin module or .py file (repeatable); -p no:NAME blocks one"
+
+    run = sub.add_parser("run", help="run a suite (resumes: stored runs are skipped)")
+    run.add_argument("suite", type=Path, help="suite YAML file")
+    run.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB store (default {DEFAULT_DB})")
+    run.add_argument("-p", dest="plugin", action="append", default=[], help=plugin_help)
+    run.add_argument("--dry-run", action="store_true", help="print the expanded runs and keys")
+    run.add_argument("--rerun", action="store_true", help="run every run again, stored or not")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="run again stored runs that failed, crashed, timed out or hit OOM")
+    run.add_argument("--executor", choices=EXECUTORS, help="override the suite's executor")
+    run.add_argument("--device", help="override the suite's device (auto, cpu, cuda, cuda:N)")
+    run.add_argument("--cache-dir", help="built-in models and data (default: user cache dir)")
+    run.add_argument("--keep-going-exit-0", action="store_true",
+                     help="exit 0 even when runs failed")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list scenarios, methods, tasks, models, sources, plugins")
+    lst.add_argument("what", nargs="?", default="all",
+                     choices=("all", "scenarios", "methods", "tasks", "models", "sources",
+                              "plugins"))
+    lst.add_argument("-p", dest="plugin", action="append", default=[], help=plugin_help)
+    lst.set_defaults(func=cmd_list)
+
+    qry = sub.add_parser("query", help="run read-only SQL on the store")
+    qry.add_argument("sql")
+    qry.add_argument("--db", default=DEFAULT_DB)
+    qry.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    qry.set_defaults(func=cmd_query)
+
+    exp = sub.add_parser("export", help="export every table of the store")
+    exp.add_argument("--parquet", required=True, metavar="DIR", help="write DIR/<table>.parquet")
+    exp.add_argument("--db", default=DEFAULT_DB)
+    exp.set_defaults(func=cmd_export)
+
+    new = sub.add_parser("new-plugin", help="scaffold a plugin package that runs as generated")
+    new.add_argument("name", help="plugin name, e.g. my-method")
+    new.add_argument("--dir", default=".", help="parent folder (default: current)")
+    new.set_defaults(func=cmd_new_plugin)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

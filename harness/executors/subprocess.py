@@ -1,0 +1,335 @@
+"""The default executor: spawned worker processes that run runs one after another.
+
+One worker per visible GPU (pinned with ``CUDA_VISIBLE_DEVICES``), one on CPU. A worker
+that dies (segfault, killed by the OS) is recorded against its run as ``crashed`` with the
+tail of its log (``faulthandler`` writes the native stack there) and replaced; a run past
+its timeout has its worker's process tree killed and is recorded as ``timeout``. With
+``isolation: run`` every run gets a fresh worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from harness.api import RunSpec
+from harness.executors import Finished, Started
+from harness.plugins import PluginSet
+
+LOG_TAIL_BYTES = 4000
+#: A worker that dies this many times in a row before becoming ready fails the suite's rest.
+MAX_START_FAILURES = 2
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs to rebuild the driver's plugin set in a fresh process."""
+
+    modules: tuple[str, ...]
+    blocked: tuple[str, ...]
+    base_dir: str | None
+    device: str
+    cache_dir: str
+    visible_devices: str | None
+    log_path: str
+
+
+def worker_main(conn: Connection, config: WorkerConfig) -> None:
+    """Entry point of a worker process: load plugins, then run specs until told to stop."""
+    log = os.open(config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    faulthandler.enable()
+    if config.visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.visible_devices
+
+    from harness.context import execute_run
+    from harness.environment import collect_environment
+    from harness.plugins import load_components, load_plugins
+
+    base_dir = Path(config.base_dir) if config.base_dir else None
+    plugins = load_plugins(config.modules, blocked=config.blocked, base_dir=base_dir)
+    components = load_components(plugins)
+    conn.send(("ready", collect_environment(config.device)))
+    while True:
+        try:
+            spec = conn.recv()
+        except EOFError:  # the driver is gone
+            return
+        if spec is None:
+            return
+        conn.send(("result", execute_run(spec, components, plugins, config.device,
+                                         config.cache_dir)))
+
+
+@dataclass
+class Worker:
+    """A slot for one worker process and the run it is busy with."""
+
+    name: str
+    device: str
+    visible_devices: str | None
+    log_path: Path
+    process: Any = None
+    conn: Connection | None = None
+    environment: dict[str, Any] | None = None
+    run: RunSpec | None = None
+    deadline: float | None = None
+    start_failures: int = 0
+    ready: bool = False
+    #: Where this run's output starts in the log, so an error shows only its own lines.
+    log_offset: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.run is not None
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_tail(self) -> str:
+        """The last lines this worker wrote since its current run started."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(max(self.log_offset, self.log_size() - LOG_TAIL_BYTES))
+                return fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything it started (a hung run may have spawned helpers)."""
+    try:
+        parent = psutil.Process(pid)
+        procs = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=5)
+
+
+def _dump_stacks(pid: int) -> None:
+    """Ask a hung worker's faulthandler for its Python stacks (they land in its log)."""
+    try:
+        os.kill(pid, signal.SIGABRT)
+    except OSError:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+        psutil.Process(pid).wait(timeout=2)
+
+
+def _exit_description(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class SubprocessExecutor:
+    def __init__(
+        self,
+        plugins: PluginSet,
+        device: str,
+        cache_dir: str,
+        log_dir: Path,
+        *,
+        isolation: str = "worker",
+        base_dir: Path | None = None,
+    ) -> None:
+        self.plugins = plugins
+        self.cache_dir = cache_dir
+        self.isolation = isolation
+        self.base_dir = base_dir
+        self.log_dir = log_dir
+        self.workers = [
+            Worker(f"worker-{i}", dev, visible, log_dir / f"worker-{i}.log")
+            for i, (dev, visible) in enumerate(self._slots(device))
+        ]
+        self._context = mp.get_context("spawn")
+
+    @staticmethod
+    def _slots(device: str) -> list[tuple[str, str | None]]:
+        """(device inside the worker, CUDA_VISIBLE_DEVICES) per worker."""
+        if device == "cpu":
+            return [("cpu", os.environ.get("CUDA_VISIBLE_DEVICES"))]
+        from harness.environment import cuda_device_count
+
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        physical = (
+            [v.strip() for v in visible.split(",") if v.strip()]
+            if visible
+            else [str(i) for i in range(cuda_device_count())]
+        )
+        if device.startswith("cuda:"):
+            physical = [physical[int(device.split(":")[1])]]
+        return [("cuda:0", p) for p in physical]
+
+    # -- worker lifecycle ------------------------------------------------------------------
+
+    def _start(self, worker: Worker) -> None:
+        parent, child = self._context.Pipe()
+        config = WorkerConfig(
+            modules=self.plugins.modules,
+            blocked=self.plugins.blocked,
+            base_dir=str(self.base_dir) if self.base_dir else None,
+            device=worker.device,
+            cache_dir=self.cache_dir,
+            visible_devices=worker.visible_devices,
+            log_path=str(worker.log_path),
+        )
+        process = self._context.Process(
+            target=worker_main, args=(child, config), name=worker.name, daemon=True
+        )
+        process.start()
+        child.close()
+        worker.process, worker.conn, worker.ready = process, parent, False
+
+    def _stop(self, worker: Worker, *, kill: bool = False) -> None:
+        if worker.process is None:
+            return
+        if kill:
+            _kill_tree(worker.process.pid)
+        else:
+            try:
+                assert worker.conn is not None
+                worker.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                _kill_tree(worker.process.pid)
+        worker.process.join(timeout=5)
+        if worker.conn is not None:
+            worker.conn.close()
+        worker.process, worker.conn, worker.ready = None, None, False
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def execute(self, runs: Sequence[RunSpec], started: Started, finished: Finished) -> None:
+        queue: deque[RunSpec] = deque(runs)
+        try:
+            self._loop(queue, started, finished)
+        finally:
+            for worker in self.workers:
+                self._stop(worker, kill=worker.busy)
+
+    def _finish(self, worker: Worker, finished: Finished, result: dict[str, Any]) -> None:
+        spec, worker.run, worker.deadline = worker.run, None, None
+        assert spec is not None
+        finished(spec, {**result, "environment": worker.environment or {}})
+
+    def _failure(self, worker: Worker, status: str, error: str, started_at: float) -> dict:
+        assert worker.run is not None
+        now = time.time()
+        return {
+            "run_key": worker.run.run_key,
+            "status": status,
+            "error": error,
+            "traceback": worker.log_tail() or None,
+            "started_at": started_at,
+            "finished_at": now,
+            "wall_s": now - started_at,
+            "metrics": [],
+            "samples": [],
+        }
+
+    def _loop(self, queue: deque[RunSpec], started: Started, finished: Finished) -> None:
+        started_at: dict[str, float] = {}
+        while queue or any(w.busy for w in self.workers):
+            for worker in self.workers:
+                if worker.process is None and (queue or worker.busy):
+                    self._start(worker)
+                if worker.ready and not worker.busy and queue:
+                    spec = queue.popleft()
+                    worker.run, worker.log_offset = spec, worker.log_size()
+                    worker.deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+                    started_at[spec.run_key] = time.time()
+                    started(spec)
+                    assert worker.conn is not None
+                    worker.conn.send(spec)
+
+            deadlines = [w.deadline for w in self.workers if w.deadline is not None]
+            wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            waitables = {}
+            for worker in self.workers:
+                if worker.process is not None:
+                    waitables[worker.conn] = worker
+                    waitables[worker.process.sentinel] = worker
+            ready = wait(list(waitables), timeout=wait_s)
+
+            for handle in ready:
+                worker = waitables[handle]
+                if handle is not worker.conn or worker.process is None:
+                    continue
+                try:
+                    kind, payload = worker.conn.recv()
+                except (EOFError, OSError):
+                    continue  # the process is dying: its sentinel reports it below
+                if kind == "ready":
+                    worker.ready, worker.environment, worker.start_failures = True, payload, 0
+                elif kind == "result":
+                    self._finish(worker, finished, payload)
+                    if self.isolation == "run":
+                        self._stop(worker)
+
+            for worker in self.workers:
+                if worker.process is None or worker.process.is_alive():
+                    continue
+                description = _exit_description(worker.process.exitcode)
+                if worker.busy:
+                    error = f"worker process died ({description}) while running this run"
+                    result = self._failure(worker, "crashed", error, started_at[worker.run.run_key])
+                    self._stop(worker)
+                    self._finish(worker, finished, result)
+                    continue
+                if not worker.ready:
+                    worker.start_failures += 1
+                    tail = worker.log_tail()
+                    self._stop(worker)
+                    if worker.start_failures >= MAX_START_FAILURES:
+                        self._fail_all(queue, started, finished,
+                                       f"worker failed to start ({description}):\n{tail}")
+                    continue
+                self._stop(worker)
+
+            now = time.monotonic()
+            for worker in self.workers:
+                if worker.busy and worker.deadline is not None and now >= worker.deadline:
+                    assert worker.run is not None
+                    error = f"run exceeded limits.timeout={worker.run.timeout_s:g} s; killed"
+                    _dump_stacks(worker.process.pid)
+                    result = self._failure(worker, "timeout", error, started_at[worker.run.run_key])
+                    self._stop(worker, kill=True)
+                    self._finish(worker, finished, result)
+
+    @staticmethod
+    def _fail_all(queue: deque[RunSpec], started: Started, finished: Finished, error: str) -> None:
+        """No worker can start: record every queued run as crashed with the reason."""
+        while queue:
+            spec = queue.popleft()
+            started(spec)
+            now = time.time()
+            finished(spec, {
+                "run_key": spec.run_key, "status": "crashed", "error": error.splitlines()[0],
+                "traceback": error, "started_at": now, "finished_at": now, "wall_s": 0.0,
+                "metrics": [], "samples": [], "environment": {},
+            })

@@ -1,0 +1,1 @@
+"""The core's scenarios: protocols of workloads, each owning its loop, phases and metrics."""

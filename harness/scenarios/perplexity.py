@@ -1,0 +1,177 @@
+"""The ``perplexity`` scenario: how a method that changes weight storage trades quality for bytes.
+
+A method transforms a causal LM's weights (``apply``) and says how many bytes the result
+takes to store (``storage_bytes``); the scenario then scores held-out text and times a
+forward pass, so quality, storage and latency of the same transformed model sit side by side.
+
+Protocol:
+
+* method — ``apply(model, params, ctx) -> model`` (may change the model in place) and
+  ``storage_bytes(model, params) -> int``;
+* task — its params schema has ``seq_len``, ``windows`` and ``batch_size``, and
+  ``eval_text(params) -> str`` gives the held-out text.
+
+Text is scored in ``windows`` non-overlapping windows of ``seq_len`` tokens, drawn by the
+run's seed; every token but a window's first is predicted from the tokens before it.
+Perplexity depends on the tokenizer; bits per byte (total loss in bits over the UTF-8 bytes
+of the scored text) does not, so it compares models with different tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from harness.api import Params, RunContext
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["PerplexityScenario", "StdlibText", "StdlibTextParams", "TextTaskParams"]
+
+
+class TextTaskParams(Params):
+    """What every ``perplexity`` task's params have: window length, count and batch size."""
+
+    seq_len: int = Field(128, ge=2)
+    windows: int = Field(16, gt=0)
+    batch_size: int = Field(8, gt=0)
+
+
+class StdlibTextParams(TextTaskParams):
+    """``source`` is ``stdlib`` or a UTF-8 text file; at most ``max_bytes`` are tokenized."""
+
+    source: str = "stdlib"
+    max_bytes: int = Field(1 << 20, gt=0)
+
+
+class StdlibText:
+    """Held-out Python stdlib source (or the last 10 % of a local text file), offline."""
+
+    name = "stdlib-text"
+    description = (
+        "held-out Python standard-library source as text (source=PATH: a local UTF-8 file's "
+        "last 10 %), scored in windows of seq_len tokens"
+    )
+    scenario = "perplexity"
+    params = StdlibTextParams
+
+    def eval_text(self, params: StdlibTextParams) -> str:
+        from harness.data.text_corpus import load_text
+
+        return load_text(params.source, "test", params.max_bytes).decode("utf-8")
+
+
+def parameter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every parameter at its dtype (a tied tensor counted once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def eval_windows(
+    tokenizer: Any, text: str, seq_len: int, windows: int, seed: int
+) -> tuple[torch.Tensor, int]:
+    """``windows`` non-overlapping token windows of ``text`` chosen by ``seed``, and the
+    UTF-8 bytes of their scored part (every token but each window's first)."""
+    import torch
+
+    # Special-token strings in the text (e.g. a literal "</s>") are text, not control tokens.
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    available = len(ids) // seq_len
+    if available < windows:
+        raise ValueError(
+            f"the eval text has {len(ids)} tokens, only {available} windows of {seq_len}; "
+            f"lower windows or seq_len"
+        )
+    chunks = torch.tensor(ids[: available * seq_len]).view(available, seq_len)
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
+    picked = chunks[order[:windows]]
+    scored_bytes = sum(
+        len(
+            tokenizer.decode(
+                w[1:].tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False
+            ).encode("utf-8")
+        )
+        for w in picked
+    )
+    return picked, scored_bytes
+
+
+def total_nll(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, device: str) -> float:
+    """Summed next-token negative log-likelihood (nats) over every window's tokens but the first."""
+    import torch
+    import torch.nn.functional as F
+
+    total = 0.0
+    with torch.inference_mode():
+        for batch in windows.split(batch_size):
+            x = batch.to(device)
+            logits = model(input_ids=x, use_cache=False).logits[:, :-1]
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"
+            )
+            total += float(loss)
+    return total
+
+
+class PerplexityScenario:
+    """Apply a weight-storage method, then score held-out text and time a forward pass."""
+
+    name = "perplexity"
+    description = (
+        "causal-LM perplexity and bits/byte on held-out text after a method transforms the "
+        "weights, with storage bytes and forward latency of the same model"
+    )
+    method_protocol = ("apply", "storage_bytes")
+    model_kinds = ("causal-lm",)
+
+    def run(self, ctx: RunContext) -> None:
+        import torch
+
+        task_params = ctx.task.params(**ctx.spec.task_params)
+        method_params = dict(ctx.spec.params)
+        recorder = ctx.recorder
+        torch.manual_seed(ctx.spec.seed)
+
+        model = ctx.load_model("causal-lm")
+        tokenizer = ctx.load_tokenizer()
+        ctx.count_parameters(model)
+        dense = parameter_bytes(model)
+        recorder.record("model", "dense_weight_bytes", dense, "bytes")
+
+        with ctx.phase("apply"):
+            model = ctx.method.apply(model, method_params, ctx)
+
+        windows, scored_bytes = eval_windows(
+            tokenizer,
+            ctx.task.eval_text(task_params),
+            task_params.seq_len,
+            task_params.windows,
+            ctx.spec.seed,
+        )
+        with ctx.phase("eval"):
+            nll = total_nll(model, windows, task_params.batch_size, ctx.device)
+        scored_tokens = windows.shape[0] * (windows.shape[1] - 1)
+        recorder.record(
+            "eval", "perplexity", math.exp(nll / scored_tokens), "", higher_is_better=False
+        )
+        recorder.record(
+            "eval",
+            "bits_per_byte",
+            nll / math.log(2) / scored_bytes,
+            "bits/byte",
+            higher_is_better=False,
+        )
+        recorder.record("eval", "scored_tokens", scored_tokens, "token")
+        stored = ctx.method.storage_bytes(model, method_params)
+        recorder.record("model", "storage_bytes", stored, "bytes")
+        recorder.record("model", "compression_ratio", dense / stored, "x", higher_is_better=True)
+
+        batch = windows[: task_params.batch_size].to(ctx.device)
+
+        def forward() -> None:
+            with torch.inference_mode():
+                model(input_ids=batch, use_cache=False)
+
+        ctx.time("forward", forward, items=batch.numel(), item_unit="token")

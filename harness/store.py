@@ -1,0 +1,466 @@
+"""The DuckDB results store: one file per results directory, written only by the driver.
+
+Every write opens its own short-lived connection instead of holding one for the whole
+suite, because DuckDB locks the file per process: ``harness query`` and the report builder
+can then read it between two runs. Readers open it read-only, so a stray ``DELETE`` typed
+into ``harness query`` is refused by DuckDB itself rather than by parsing the SQL.
+
+The schema is versioned: ``MIGRATIONS[i]`` brings a file from version ``i`` to ``i + 1``,
+and opening an older file applies the missing steps in one transaction, so results kept
+from an earlier harness stay readable after an upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from harness.api import STATUSES
+
+__all__ = [
+    "MIGRATIONS",
+    "ReadOnlyError",
+    "Store",
+    "StoreError",
+    "connect_readonly",
+    "export_parquet",
+    "query",
+    "suite_id_for",
+]
+
+
+class StoreError(Exception):
+    """A store file can't be opened, migrated or queried (the message names the file)."""
+
+
+class ReadOnlyError(StoreError):
+    """A statement tried to write through a read-only connection (``harness query``)."""
+
+
+#: A migration is SQL (may hold several statements) or a function given the connection,
+#: for steps that need Python (e.g. rewriting JSON). It runs inside the migration's
+#: transaction.
+Migration = str | Callable[[duckdb.DuckDBPyConnection], None]
+
+_SCHEMA_V1 = """
+CREATE TABLE suites (
+    suite_id TEXT PRIMARY KEY,
+    name TEXT,
+    path TEXT,
+    description TEXT,
+    text TEXT,
+    first_seen TIMESTAMP,
+    last_run TIMESTAMP
+);
+CREATE TABLE runs (
+    run_key TEXT PRIMARY KEY,
+    suite_id TEXT,
+    scenario TEXT,
+    model TEXT,
+    model_config JSON,
+    task TEXT,
+    task_params JSON,
+    method TEXT,
+    method_version TEXT,
+    method_plugin TEXT,
+    params JSON,
+    seed INTEGER,
+    device TEXT,
+    hardware TEXT,
+    config JSON,
+    status TEXT,
+    error TEXT,
+    traceback TEXT,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    wall_s DOUBLE,
+    env_id TEXT,
+    harness_version TEXT
+);
+CREATE TABLE suite_runs (
+    suite_id TEXT,
+    run_key TEXT,
+    PRIMARY KEY (suite_id, run_key)
+);
+CREATE TABLE metrics (
+    run_key TEXT,
+    phase TEXT,
+    metric TEXT,
+    stat TEXT,
+    value DOUBLE,
+    unit TEXT,
+    reason TEXT,
+    higher_is_better BOOLEAN
+);
+CREATE TABLE samples (
+    run_key TEXT,
+    phase TEXT,
+    metric TEXT,
+    unit TEXT,
+    "values" DOUBLE[]
+);
+CREATE TABLE environments (
+    env_id TEXT PRIMARY KEY,
+    hostname TEXT,
+    platform TEXT,
+    python TEXT,
+    cpu TEXT,
+    cpu_count INTEGER,
+    ram_bytes BIGINT,
+    gpu TEXT,
+    gpu_count INTEGER,
+    gpu_memory_bytes BIGINT,
+    driver TEXT,
+    cuda TEXT,
+    torch TEXT,
+    transformers TEXT,
+    harness_version TEXT,
+    git_sha TEXT,
+    details JSON
+);
+CREATE INDEX metrics_run_key ON metrics (run_key);
+CREATE INDEX samples_run_key ON samples (run_key);
+"""
+
+#: ``MIGRATIONS[i]`` upgrades a file from schema version ``i`` to ``i + 1``; the code's
+#: version is ``len(MIGRATIONS)``. Append new steps; never edit a released one.
+MIGRATIONS: list[Migration] = [_SCHEMA_V1]
+
+_RUN_COLUMNS = (
+    "run_key", "scenario", "model", "model_config", "task", "task_params", "method",
+    "method_version", "method_plugin", "params", "seed", "device", "hardware", "config",
+    "harness_version",
+)  # fmt: skip
+_REQUIRED_RUN = ("run_key", "scenario", "model", "task", "method", "seed")
+_JSON_RUN_COLUMNS = frozenset({"model_config", "task_params", "params", "config"})
+_ENV_COLUMNS = (
+    "hostname", "platform", "python", "cpu", "cpu_count", "ram_bytes", "gpu", "gpu_count",
+    "gpu_memory_bytes", "driver", "cuda", "torch", "transformers", "harness_version",
+    "git_sha",
+)  # fmt: skip
+
+_METRICS_SCHEMA = pa.schema(
+    [
+        ("run_key", pa.string()),
+        ("phase", pa.string()),
+        ("metric", pa.string()),
+        ("stat", pa.string()),
+        ("value", pa.float64()),
+        ("unit", pa.string()),
+        ("reason", pa.string()),
+        ("higher_is_better", pa.bool_()),
+    ]
+)
+_SAMPLES_SCHEMA = pa.schema(
+    [
+        ("run_key", pa.string()),
+        ("phase", pa.string()),
+        ("metric", pa.string()),
+        ("unit", pa.string()),
+        ("values", pa.list_(pa.float64())),
+    ]
+)
+
+# Another process (a report, ``harness query``) may hold the file for a moment; wait up
+# to about two seconds in total before giving up.
+_LOCK_ATTEMPTS = 8
+_LOCK_BACKOFF_S = 0.05
+_LOCK_BACKOFF_MAX_S = 0.5
+
+
+def suite_id_for(name: str, text: str) -> str:
+    """The id of a suite: the same name and YAML source always map to the same row."""
+    return hashlib.sha256(f"{name}\0{text}".encode()).hexdigest()[:16]
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else _canonical_json(value)
+
+
+def _utc(epoch_s: float | None) -> datetime | None:
+    """Epoch seconds as a naive UTC timestamp (TIMESTAMP columns hold UTC, no zone)."""
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, timezone.utc).replace(tzinfo=None)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _open(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open ``path``, retrying while another process holds DuckDB's file lock."""
+    delay = _LOCK_BACKOFF_S
+    attempt = 1
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise StoreError(f"cannot open store {path}: {_first_line(exc)}") from exc
+            if attempt == _LOCK_ATTEMPTS:
+                raise StoreError(
+                    f"store {path} is locked by another process (tried {attempt} times): "
+                    f"{_first_line(exc)}"
+                ) from exc
+        time.sleep(delay)
+        delay = min(delay * 2, _LOCK_BACKOFF_MAX_S)
+        attempt += 1
+
+
+@contextlib.contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.begin()
+    try:
+        yield
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Bring the file to ``len(MIGRATIONS)``; refuse a file written by a newer harness."""
+    target = len(MIGRATIONS)
+    with _transaction(con):
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)"
+        )
+        (current,) = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        if current > target:
+            raise StoreError(
+                f"store {path} has schema version {current}, but this harness only knows up "
+                f"to version {target}; upgrade harness to open it"
+            )
+        for version in range(current + 1, target + 1):
+            step = MIGRATIONS[version - 1]
+            try:
+                if isinstance(step, str):
+                    con.execute(step)
+                else:
+                    step(con)
+            except duckdb.Error as exc:
+                raise StoreError(
+                    f"migrating store {path} to schema version {version} failed (nothing was "
+                    f"changed): {_first_line(exc)}"
+                ) from exc
+            con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, _now()])
+
+
+class Store:
+    """The writer side of a store file; creates or migrates it on construction.
+
+    No connection is kept between calls (see the module docstring), so a ``Store`` is cheap
+    to hold for a whole suite while readers come and go.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            _migrate(con, self.path)
+
+    @contextlib.contextmanager
+    def _connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = _open(self.path, read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def record_suite(self, name: str, path: str, description: str, text: str) -> str:
+        """Upsert a suite by its id (name + YAML source) and mark it run now."""
+        suite_id = suite_id_for(name, text)
+        now = _now()
+        with self._connect() as con:
+            con.execute(
+                """
+                INSERT INTO suites VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (suite_id) DO UPDATE SET
+                    path = excluded.path,
+                    description = excluded.description,
+                    last_run = excluded.last_run
+                """,
+                [suite_id, name, path, description, text, now, now],
+            )
+        return suite_id
+
+    def record_environment(self, env: Mapping[str, Any]) -> str:
+        """Store a machine description once; its id is a hash of its canonical JSON.
+
+        Known keys fill the columns of the same name so reports can filter on them; the
+        whole mapping is kept in ``details`` so nothing a probe found is lost.
+        """
+        details = _canonical_json(env)
+        env_id = hashlib.sha256(details.encode()).hexdigest()[:16]
+        columns = ", ".join(_ENV_COLUMNS)
+        marks = ", ".join("?" for _ in range(len(_ENV_COLUMNS) + 2))
+        with self._connect() as con:
+            con.execute(
+                f"INSERT INTO environments (env_id, {columns}, details) VALUES ({marks}) "
+                "ON CONFLICT (env_id) DO NOTHING",
+                [env_id, *(env.get(c) for c in _ENV_COLUMNS), details],
+            )
+        return env_id
+
+    def commit_run(self, suite_id: str, run: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+        """Store one finished run atomically, replacing any earlier result for its key.
+
+        A rerun must not leave the old run's metrics behind, and a reader must never see a
+        run row without its metrics, so everything happens in one transaction.
+        """
+        missing = [c for c in _REQUIRED_RUN if run.get(c) is None]
+        if missing:
+            raise ValueError(f"run lacks required fields: {', '.join(missing)}")
+        status = result.get("status")
+        if status not in STATUSES:
+            raise ValueError(f"run {run['run_key']}: status {status!r} is not one of {STATUSES}")
+        run_key = run["run_key"]
+        row = {
+            c: _json_or_none(run.get(c)) if c in _JSON_RUN_COLUMNS else run.get(c)
+            for c in _RUN_COLUMNS
+        }
+        row.update(
+            suite_id=suite_id,
+            status=status,
+            error=result.get("error"),
+            traceback=result.get("traceback"),
+            started_at=_utc(result.get("started_at")),
+            finished_at=_utc(result.get("finished_at")),
+            wall_s=result.get("wall_s"),
+            env_id=result.get("env_id"),
+        )
+        metrics = pa.Table.from_pylist(
+            [
+                {
+                    "run_key": run_key,
+                    "phase": m["phase"],
+                    "metric": m["metric"],
+                    "stat": m.get("stat", "value"),
+                    "value": m["value"],
+                    "unit": m["unit"],
+                    "reason": m.get("reason"),
+                    "higher_is_better": m.get("higher_is_better"),
+                }
+                for m in result.get("metrics", ())
+            ],
+            schema=_METRICS_SCHEMA,
+        )
+        samples = pa.Table.from_pylist(
+            [
+                {
+                    "run_key": run_key,
+                    "phase": s["phase"],
+                    "metric": s["metric"],
+                    "unit": s["unit"],
+                    "values": list(s["values"]),
+                }
+                for s in result.get("samples", ())
+            ],
+            schema=_SAMPLES_SCHEMA,
+        )
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._connect() as con, _transaction(con):
+            con.execute(
+                f"INSERT OR REPLACE INTO runs ({columns}) VALUES ({marks})", list(row.values())
+            )
+            con.execute("DELETE FROM metrics WHERE run_key = ?", [run_key])
+            con.execute("DELETE FROM samples WHERE run_key = ?", [run_key])
+            con.register("metrics_in", metrics)
+            con.register("samples_in", samples)
+            con.execute(
+                "INSERT INTO metrics SELECT run_key, phase, metric, stat, value, unit, reason, "
+                "higher_is_better FROM metrics_in"
+            )
+            con.execute(
+                'INSERT INTO samples SELECT run_key, phase, metric, unit, "values" FROM samples_in'
+            )
+            con.execute(
+                "INSERT INTO suite_runs VALUES (?, ?) ON CONFLICT DO NOTHING", [suite_id, run_key]
+            )
+
+    def statuses(self, run_keys: Iterable[str] | None = None) -> dict[str, str]:
+        """Current status per stored run key (all, or only ``run_keys``); for resume/skip."""
+        with self._connect(read_only=True) as con:
+            if run_keys is None:
+                rows = con.execute("SELECT run_key, status FROM runs").fetchall()
+            else:
+                rows = con.execute(
+                    "SELECT run_key, status FROM runs WHERE list_contains(?, run_key)",
+                    [list(run_keys)],
+                ).fetchall()
+        return dict(rows)
+
+
+def connect_readonly(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection for reports and queries; the caller closes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results store at {path} (run a suite first, or pass --db)")
+    return _open(path, read_only=True)
+
+
+def query(path: str | Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run ``sql`` read-only and return ``(column names, rows)``.
+
+    DuckDB refuses writes on a read-only connection; that refusal becomes a
+    ``ReadOnlyError`` saying why, and any other SQL error a ``StoreError``.
+    """
+    con = connect_readonly(path)
+    try:
+        try:
+            cursor = con.execute(sql)
+        except duckdb.Error as exc:
+            if "read-only" in str(exc):
+                raise ReadOnlyError(
+                    "harness query opens the store read-only; statements that write are "
+                    f"refused: {_first_line(exc)}"
+                ) from exc
+            raise StoreError(f"query on {path} failed: {_first_line(exc)}") from exc
+        if cursor.description is None:
+            return [], []
+        return [d[0] for d in cursor.description], cursor.fetchall()
+    finally:
+        con.close()
+
+
+def export_parquet(path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write every table of the store as ``<out_dir>/<table>.parquet``; returns the files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    con = connect_readonly(path)
+    try:
+        tables = [
+            name
+            for (name,) in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' "
+                "ORDER BY table_name"
+            ).fetchall()
+        ]
+        files = []
+        for table in tables:
+            target = out / f"{table}.parquet"
+            literal = str(target).replace("'", "''")
+            con.execute(f"COPY \"{table}\" TO '{literal}' (FORMAT parquet)")
+            files.append(target)
+        return files
+    finally:
+        con.close()

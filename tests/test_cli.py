@@ -1,0 +1,132 @@
+"""The command line: dry-run, list, query (read-only), export, new-plugin, the smoke suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from harness.cli import main
+from harness.store import query
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Tables wrap at 80 columns when captured; tests read whole cells."""
+    from harness import cli as cli_module
+
+    monkeypatch.setattr(cli_module.out, "width", 250)
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_db(tmp_path_factory) -> Path:
+    """The default suite, run end to end once through the subprocess executor."""
+    db = tmp_path_factory.mktemp("smoke") / "smoke.duckdb"
+    proc = cli("run", str(ROOT / "suites" / "smoke.yaml"), "--db", str(db))
+    assert proc.returncode == 0, proc.stderr
+    return db
+
+
+def test_smoke_suite_runs_every_method_with_quality_and_cost(smoke_db):
+    _, rows = query(smoke_db, "SELECT method, status FROM runs")
+    assert rows and all(status == "ok" for _, status in rows), rows
+    assert {method for method, _ in rows} >= {"dense", "rtn", "magnitude"}
+    _, metrics = query(smoke_db, """
+        SELECT DISTINCT metric FROM metrics WHERE value IS NOT NULL""")
+    names = {m for (m,) in metrics}
+    assert {"perplexity", "bits_per_byte", "latency", "throughput", "storage_bytes",
+            "params_total", "host_rss_peak"} <= names
+
+
+def test_smoke_suite_resumes_instead_of_repeating(smoke_db):
+    _, before = query(smoke_db, "SELECT run_key, finished_at FROM runs ORDER BY run_key")
+    proc = cli("run", str(ROOT / "suites" / "smoke.yaml"), "--db", str(smoke_db))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(before)} run(s) already in the store are skipped" in proc.stderr
+    _, after = query(smoke_db, "SELECT run_key, finished_at FROM runs ORDER BY run_key")
+    assert after == before
+
+
+def test_query_is_read_only(smoke_db, capsys):
+    assert main(["query", "SELECT count(*) AS n FROM runs", "--db", str(smoke_db),
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["n"] >= 1
+    assert main(["query", "DELETE FROM runs", "--db", str(smoke_db)]) == 1
+    assert "read-only" in capsys.readouterr().err
+    _, rows = query(smoke_db, "SELECT count(*) FROM runs")
+    assert rows[0][0] >= 1
+
+
+def test_export_parquet(smoke_db, tmp_path):
+    assert main(["export", "--parquet", str(tmp_path), "--db", str(smoke_db)]) == 0
+    runs = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path / 'runs.parquet'}')")
+    assert runs.fetchall()[0][0] >= 1
+    assert (tmp_path / "metrics.parquet").exists() and (tmp_path / "samples.parquet").exists()
+
+
+def test_dry_run_prints_runs_and_keys_without_running(tmp_path, capsys):
+    db = tmp_path / "never.duckdb"
+    assert main(["run", str(ROOT / "suites" / "smoke.yaml"), "--dry-run", "--db", str(db)]) == 0
+    printed = capsys.readouterr().out
+    assert "rtn" in printed and "bits=4" in printed
+    assert not db.exists()
+
+
+def test_invalid_suite_exits_2_with_file_line_and_field(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nscenario: perplexity\nmodels: [builtin:tiny-byte-lm]\n"
+                   "tasks: [stdlib-text]\nmethods: [rnt]\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml:5" in err and "unknown method 'rnt'" in err and "did you mean 'rtn'" in err
+
+
+def test_list_shows_methods_with_params_and_defaults(capsys):
+    assert main(["list", "methods"]) == 0
+    printed = capsys.readouterr().out
+    assert "rtn" in printed and "group_size" in printed and "weight-compression" in printed
+
+
+def test_list_plugins_shows_failures(capsys):
+    assert main(["list", "plugins", "-p", str(FIXTURES / "broken_import.py")]) == 0
+    printed = capsys.readouterr().out
+    assert "broken_import" in printed and "failed" in printed
+
+
+def test_new_plugin_scaffold_installs_tests_and_runs_as_generated(tmp_path):
+    assert main(["new-plugin", "half-weights", "--dir", str(tmp_path)]) == 0
+    root = tmp_path / "harness-half-weights"
+    assert main(["new-plugin", "half-weights", "--dir", str(tmp_path)]) == 2  # exists
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(root)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    env = {**os.environ, "COLUMNS": "250", "PYTHONPATH": os.pathsep.join([str(site), os.environ.get(
+        "PYTHONPATH", "")])}
+    listed = cli("list", "methods", env=env)
+    assert "half-weights" in listed.stdout, listed.stderr
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            str(root / "tests")], capture_output=True, text=True, env=env,
+                           cwd=root, timeout=300)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    run = cli("run", str(root / "suite.yaml"), "--db", str(tmp_path / "p.duckdb"), env=env)
+    assert run.returncode == 0, run.stderr
+    _, rows = query(tmp_path / "p.duckdb", """
+        SELECT r.method, m.value FROM runs r JOIN metrics m USING (run_key)
+        WHERE m.metric = 'storage_bytes' ORDER BY r.method""")
+    storage = dict(rows)
+    assert storage["half-weights"] == pytest.approx(storage["dense"] / 2, rel=0.01)
