@@ -125,22 +125,32 @@ def _fmt(value: float | None, unit: str = "") -> str:
 
 
 def summary_table(specs: dict[str, RunSpec], results: list[dict[str, Any]]) -> Table:
-    """One row per run executed now: status, first quality metric, latency, peak memory."""
-    table = Table(title="summary", show_lines=False)
-    for column in ("run", "status", "quality", "latency (median)", "peak host RSS",
-                   "peak VRAM", "wall"):
+    """One row per run executed now: status, quality metric, latency, peak memory.
+
+    Model and task get columns only when the suite has more than one of them.
+    """
+    table = Table(title="summary")
+    ran = [specs[r["run_key"]] for r in results]
+    axes = [("model", lambda s: s.model["ref"]), ("task", lambda s: s.task)]
+    varied = [(name, get) for name, get in axes if len({get(s) for s in ran}) > 1]
+    columns = ["method", "params", *(name for name, _ in varied), "seed", "status", "quality",
+               "latency (median)", "peak host RSS", "peak VRAM", "wall"]
+    for column in columns:
         table.add_column(column)
-    for result in results:
-        spec = specs[result["run_key"]]
+    for result, spec in zip(results, ran, strict=True):
         metrics = result["metrics"]
-        quality = _first(metrics, lambda m: m["higher_is_better"] is not None
-                         and m["value"] is not None)
+        qualities = [m for m in metrics
+                     if m["higher_is_better"] is not None and m["value"] is not None]
+        quality = min(qualities, key=lambda m: m["phase"] != "eval", default=None)
         latency = _first(metrics, lambda m: m["metric"] == "latency" and m["stat"] == "median")
         rss = [m["value"] for m in metrics if m["metric"] == "host_rss_peak" and m["value"]]
         vram = [m["value"] for m in metrics if m["metric"] == "cuda_allocated_peak" and m["value"]]
         style = STATUS_STYLE.get(result["status"], "white")
         table.add_row(
-            escape(spec.label),
+            escape(spec.method),
+            escape("\n".join(f"{k}={v}" for k, v in sorted(spec.params.items()))),
+            *(escape(str(get(spec))) for _, get in varied),
+            str(spec.seed),
             f"[{style}]{result['status']}[/]",
             f"{quality['metric']} {_fmt(quality['value'], quality['unit'])}" if quality else "—",
             _fmt(latency["value"], "ms") if latency else "—",
@@ -175,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness.executors.inline import InlineExecutor
     from harness.executors.subprocess import SubprocessExecutor
-    from harness.runner import Driver, worker_log_dir
+    from harness.runner import Driver
     from harness.store import Store
 
     executor_name = args.executor or suite.executor
@@ -186,8 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor = InlineExecutor(plugins, components, suite.device, cache_dir)
     else:
         executor = SubprocessExecutor(
-            plugins, suite.device, cache_dir, worker_log_dir(),
-            isolation=suite.isolation, base_dir=suite.path.parent,
+            plugins, suite.device, cache_dir, isolation=suite.isolation,
+            base_dir=suite.path.parent,
         )
     store = Store(args.db)
     driver = Driver(suite, store, plugins, executor, RichReporter())

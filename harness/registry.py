@@ -31,6 +31,12 @@ def suggest(name: str, choices: list[str], n: int = 3) -> list[str]:
     return list(dict.fromkeys(prefix + close))[:n]
 
 
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for close matches of ``name``, else ``""``."""
+    near = suggest(name, choices)
+    return "; did you mean " + " or ".join(f"'{n}'" for n in near) + "?" if near else ""
+
+
 class Registry(Generic[T]):
     """Components of one kind, by name, each remembering the plugin that added it."""
 
@@ -60,10 +66,7 @@ class Registry(Generic[T]):
     def unknown_message(self, name: str) -> str:
         """``unknown method 'x'; did you mean 'y'? (available: …)``, plus failed plugins."""
         names = sorted(self._items)
-        message = f"unknown {self.kind} '{name}'"
-        near = suggest(name, names)
-        if near:
-            message += "; did you mean " + " or ".join(f"'{n}'" for n in near) + "?"
+        message = f"unknown {self.kind} '{name}'" + did_you_mean(name, names)
         shown = ", ".join(names[:20]) + (", …" if len(names) > 20 else "")
         message += f" (available: {shown or 'none'})"
         for plugin, error in self._failures.items():

@@ -9,7 +9,6 @@ store instead of being dropped.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -160,8 +159,3 @@ class Driver:
     def _notify(self, hook: str, **kwargs: Any) -> None:
         for message in notify(self.plugins, hook, **kwargs):
             self.reporter.warn(message)
-
-
-def worker_log_dir() -> Path:
-    """A fresh folder for this invocation's worker logs."""
-    return Path(tempfile.mkdtemp(prefix="harness-workers-"))

@@ -37,7 +37,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from harness.api import MeasureSettings, RunSpec
 from harness.executors import EXECUTORS
-from harness.registry import Components, RegistryError, suggest
+from harness.registry import Components, RegistryError, did_you_mean, suggest
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -442,7 +442,7 @@ def _choice(c: _Checker, key: str, choices: tuple[str, ...]) -> str:
     if value not in choices or not isinstance(value, str):
         message = f"expected one of {_quoted(choices)}, got {_describe(value)}"
         if isinstance(value, str):
-            message += _did_you_mean(value, list(choices))
+            message += did_you_mean(value, list(choices))
         c.error((key,), message)
         return choices[0]
     return value
@@ -916,7 +916,7 @@ def _explain_no_match(c: _Checker, runs: list[RunSpec], entry: _Exclude) -> None
                 if not present:
                     names = sorted({k for run in runs for k in run.params})
                     c.error(loc, f"no run of this suite has a parameter '{pkey}'"
-                            + _did_you_mean(str(pkey), names)
+                            + did_you_mean(str(pkey), names)
                             + f" (parameters in this suite: {', '.join(names) or 'none'})")
                     blamed = True
                 elif pvalue not in present:
@@ -928,7 +928,7 @@ def _explain_no_match(c: _Checker, runs: list[RunSpec], entry: _Exclude) -> None
             present = list(dict.fromkeys(values[key]))
             message = f"no run has {key} {_yaml_value(value)}"
             if isinstance(value, str):
-                message += _did_you_mean(value, [str(v) for v in present])
+                message += did_you_mean(value, [str(v) for v in present])
             shown = ", ".join(_yaml_value(v) for v in present)
             c.error((*entry.loc, key), f"{message} (this suite's {key}s: {shown})")
             blamed = True
@@ -983,7 +983,7 @@ def _validate(
             names = list(fields)
             if names:
                 message = (f"unknown parameter '{key}' for {owner}"
-                           + _did_you_mean(str(key), names)
+                           + did_you_mean(str(key), names)
                            + f" (its parameters: {', '.join(names)})")
             else:
                 message = f"unknown parameter '{key}': {owner} takes no parameters"
@@ -1105,7 +1105,7 @@ class _Checker:
             if key not in allowed:
                 message = f"unknown {what} '{key}'"
                 if isinstance(key, str):
-                    message += _did_you_mean(key, list(allowed))
+                    message += did_you_mean(key, list(allowed))
                 self.error((*loc, key), f"{message} (allowed: {', '.join(allowed)})")
                 ok = False
         return ok
@@ -1193,11 +1193,6 @@ def _quoted(names: Sequence[str]) -> str:
 
 def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
-
-
-def _did_you_mean(name: str, choices: list[str]) -> str:
-    near = suggest(name, choices)
-    return "; did you mean " + " or ".join(f"'{n}'" for n in near) + "?" if near else ""
 
 
 def _did_you_mean_key(mapping: Mapping[Any, Any], wanted: list[str]) -> str:

@@ -5,6 +5,9 @@ that dies (segfault, killed by the OS) is recorded against its run as ``crashed`
 tail of its log (``faulthandler`` writes the native stack there) and replaced; a run past
 its timeout has its worker's process tree killed and is recorded as ``timeout``. With
 ``isolation: run`` every run gets a fresh worker.
+
+A finished worker is handed its next run before the driver stores the last result, so the
+store's commit overlaps the next run's set-up (model loading) instead of idling the worker.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import contextlib
 import faulthandler
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -69,7 +75,10 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
         except EOFError:  # the driver is gone
             return
         if spec is None:
-            return
+            # Everything is sent and logged; skip interpreter teardown (seconds with torch).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         conn.send(("result", execute_run(spec, components, plugins, config.device,
                                          config.cache_dir)))
 
@@ -150,7 +159,6 @@ class SubprocessExecutor:
         plugins: PluginSet,
         device: str,
         cache_dir: str,
-        log_dir: Path,
         *,
         isolation: str = "worker",
         base_dir: Path | None = None,
@@ -159,9 +167,10 @@ class SubprocessExecutor:
         self.cache_dir = cache_dir
         self.isolation = isolation
         self.base_dir = base_dir
-        self.log_dir = log_dir
+        # Worker logs only matter while a run is in flight: crash tails are stored with it.
+        self.log_dir = Path(tempfile.mkdtemp(prefix="harness-workers-"))
         self.workers = [
-            Worker(f"worker-{i}", dev, visible, log_dir / f"worker-{i}.log")
+            Worker(f"worker-{i}", dev, visible, self.log_dir / f"worker-{i}.log")
             for i, (dev, visible) in enumerate(self._slots(device))
         ]
         self._context = mp.get_context("spawn")
@@ -231,11 +240,14 @@ class SubprocessExecutor:
         finally:
             for worker in self.workers:
                 self._stop(worker, kill=worker.busy)
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
-    def _finish(self, worker: Worker, finished: Finished, result: dict[str, Any]) -> None:
+    @staticmethod
+    def _release(worker: Worker, result: dict[str, Any]) -> tuple[RunSpec, dict[str, Any]]:
+        """Free ``worker`` of its run; return the run and its result with the environment."""
         spec, worker.run, worker.deadline = worker.run, None, None
         assert spec is not None
-        finished(spec, {**result, "environment": worker.environment or {}})
+        return spec, {**result, "environment": worker.environment or {}}
 
     def _failure(self, worker: Worker, status: str, error: str, started_at: float) -> dict:
         assert worker.run is not None
@@ -254,7 +266,8 @@ class SubprocessExecutor:
 
     def _loop(self, queue: deque[RunSpec], started: Started, finished: Finished) -> None:
         started_at: dict[str, float] = {}
-        while queue or any(w.busy for w in self.workers):
+        done: list[tuple[RunSpec, dict[str, Any]]] = []
+        while queue or done or any(w.busy for w in self.workers):
             for worker in self.workers:
                 if worker.process is None and (queue or worker.busy):
                     self._start(worker)
@@ -266,6 +279,12 @@ class SubprocessExecutor:
                     started(spec)
                     assert worker.conn is not None
                     worker.conn.send(spec)
+            # Idle workers got their next run first: storing results overlaps it, not a gap.
+            for spec, result in done:
+                finished(spec, result)
+            done.clear()
+            if not (queue or any(w.busy for w in self.workers)):
+                break
 
             deadlines = [w.deadline for w in self.workers if w.deadline is not None]
             wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
@@ -287,7 +306,7 @@ class SubprocessExecutor:
                 if kind == "ready":
                     worker.ready, worker.environment, worker.start_failures = True, payload, 0
                 elif kind == "result":
-                    self._finish(worker, finished, payload)
+                    done.append(self._release(worker, payload))
                     if self.isolation == "run":
                         self._stop(worker)
 
@@ -299,7 +318,7 @@ class SubprocessExecutor:
                     error = f"worker process died ({description}) while running this run"
                     result = self._failure(worker, "crashed", error, started_at[worker.run.run_key])
                     self._stop(worker)
-                    self._finish(worker, finished, result)
+                    done.append(self._release(worker, result))
                     continue
                 if not worker.ready:
                     worker.start_failures += 1
@@ -319,7 +338,7 @@ class SubprocessExecutor:
                     _dump_stacks(worker.process.pid)
                     result = self._failure(worker, "timeout", error, started_at[worker.run.run_key])
                     self._stop(worker, kill=True)
-                    self._finish(worker, finished, result)
+                    done.append(self._release(worker, result))
 
     @staticmethod
     def _fail_all(queue: deque[RunSpec], started: Started, finished: Finished, error: str) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from harness.api import Params, RunContext, Unsupported
-from harness.registry import suggest
+from harness.registry import did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -109,10 +109,9 @@ class HFConfigSource:
         known = sorted(config.to_dict())
         for key, value in opts.overrides.items():
             if key not in known:
-                near = suggest(key, known)
-                hint = "; did you mean " + " or ".join(f"'{n}'" for n in near) + "?" if near else ""
                 raise ValueError(
-                    f"hf-config override '{key}' is not a field of {id}'s config{hint}"
+                    f"hf-config override '{key}' is not a field of {id}'s config"
+                    + did_you_mean(key, known)
                 )
             setattr(config, key, value)
         # "auto" keeps the dtype the config names (float32 when it names none).
