@@ -351,6 +351,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import ReportError, build_site, serve
+    from harness.store import StoreError
+
+    try:
+        summary = build_site(args.db, args.out, title=args.title, suites=args.suite)
+    except (ReportError, StoreError, FileNotFoundError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        return 1
+    out.print(f"wrote {summary.pages} pages ({summary.leaderboards} leaderboards, "
+              f"{summary.run_pages} run pages) to {escape(str(summary.out))} "
+              f"in {summary.seconds:.1f} s; open {escape(str(summary.out / 'index.html'))}")
+    if args.serve:
+        serve(summary.out, args.port)
+    return 0
+
+
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from harness.scaffold import ScaffoldError, scaffold_plugin
 
@@ -409,6 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--parquet", required=True, metavar="DIR", help="write DIR/<table>.parquet")
     exp.add_argument("--db", default=DEFAULT_DB)
     exp.set_defaults(func=cmd_export)
+
+    rep = sub.add_parser("report", help="build the static leaderboard site from the store")
+    rep.add_argument("db", nargs="?", default=DEFAULT_DB,
+                     help=f"DuckDB store (default {DEFAULT_DB})")
+    rep.add_argument("--out", default="site", help="site folder (default: site)")
+    rep.add_argument("--title", default="harness leaderboard", help="site title")
+    rep.add_argument("--suite", action="append", default=[],
+                     help="only this suite (repeatable; default: every suite)")
+    rep.add_argument("--serve", action="store_true",
+                     help="then preview it on http://127.0.0.1:PORT/ until Ctrl-C")
+    rep.add_argument("--port", type=int, default=8000, help="preview port (default 8000)")
+    rep.set_defaults(func=cmd_report)
 
     new = sub.add_parser("new-plugin", help="scaffold a plugin package that runs as generated")
     new.add_argument("name", help="plugin name, e.g. my-method")
