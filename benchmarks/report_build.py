@@ -170,8 +170,10 @@ def main() -> int:
     try:
         start = time.perf_counter()
         generate(db, args.runs)
-        (runs, metrics) = duckdb.connect(str(db), read_only=True).execute(
-            "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM metrics)").fetchone()
+        with duckdb.connect(str(db), read_only=True) as con:
+            runs, metrics = con.execute(
+                "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM metrics)"
+            ).fetchone()
         print(f"store: {runs:,} runs, {metrics:,} metric rows, "
               f"{db.stat().st_size / 2**20:.0f} MiB, generated in "
               f"{time.perf_counter() - start:.1f} s")

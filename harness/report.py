@@ -910,16 +910,24 @@ def _pareto(title: str, rows: list[tuple[str, float, float]], x_column: _Column,
     frontier = _frontier(list(zip(xs, ys, strict=True)), y_column.higher_is_better)
     on_frontier = set(frontier)
     label_all = len(rows) <= 8
-    points = []
-    for i, (label, x, y) in enumerate(rows):
+    points, placed = [], []
+    for i in sorted(range(len(rows)), key=lambda i: (i not in on_frontier, i)):
+        label, x, y = rows[i]
         px, py = x_axis(xs[i]), y_axis(ys[i])
-        show = label_all or i in on_frontier
         right = px > FRAME.width * 0.62
+        text = label if len(label) <= 40 else label[:39] + "…"
+        # Labels are ~6.5 px a character; one that would overlap a placed one is left to
+        # the point's tooltip.
+        box = (px - 8 - 6.5 * len(text), px - 8) if right else (px + 8, px + 8 + 6.5 * len(text))
+        show = (label_all or i in on_frontier) and not any(
+            abs(py - other_y) < 13 and box[0] < other[1] and other[0] < box[1]
+            for other, other_y in placed)
+        if show:
+            placed.append((box, py))
         points.append(_Point(
             px, py, i in on_frontier,
             f"{label}: {fmt(y, y_column.unit)}, {fmt(x, x_column.unit)}",
-            (label if len(label) <= 40 else label[:39] + "…") if show else "",
-            "end" if right else "start", -8 if right else 8,
+            text if show else "", "end" if right else "start", -8 if right else 8,
         ))
     first = frontier[0]
     step = f"M{x_axis(xs[first])},{y_axis(ys[first])}" + "".join(
@@ -932,8 +940,8 @@ def _pareto(title: str, rows: list[tuple[str, float, float]], x_column: _Column,
                 " — lower is better",
         y_label=f"{y_column.label}{_in(y_unit)} — {better} is better",
         points=points, step=step,
-        note="" if label_all else "Only points on the frontier are labelled; hover a point "
-                                  "for its configuration.",
+        note="" if len(placed) == len(rows) else "Labels that would overlap are left out; "
+                                                   "hover a point for its configuration.",
     )
 
 
@@ -1011,6 +1019,25 @@ def _samples_plot(phase: str, metric: str, unit: str, values: list[float]) -> _P
 
 
 # -- run pages ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building.
+
+    A build allocates millions of short-lived objects and makes no reference cycles worth
+    collecting (a collection after 15k run pages finds none), while every full collection
+    walks every live object: with a large store's rows in memory those walks cost more than
+    the rendering (2.5× slower leaderboards measured on 100k runs).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
 
 _RUN_SQL = """
 SELECT r.run_key, r.scenario, r.model, r.task, CAST(r.task_params AS VARCHAR), r.method,
@@ -1098,6 +1125,7 @@ def _environment_html(con: duckdb.DuckDBPyConnection, env_ids: list[str]
     return result
 
 
+@_paused_gc()
 def _render_runs(job: _RunJob) -> int:
     """Render one chunk of run pages in this process; returns the number written.
 
@@ -1118,9 +1146,8 @@ def _render_runs(job: _RunJob) -> int:
     finally:
         if con is not _worker_con:
             con.close()
-    with _paused_gc():
-        for run in runs:
-            _render_run(template, run, metrics, samples, environments, links, job.title, out)
+    for run in runs:
+        _render_run(template, run, metrics, samples, environments, links, job.title, out)
     return len(runs)
 
 
@@ -1160,24 +1187,6 @@ def _write_bytes(path: Path, data: bytes) -> None:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def _paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building.
-
-    A build allocates millions of short-lived objects and makes no reference cycles worth
-    collecting (a collection after 15k run pages finds none), while every full collection
-    walks every live object: with a large store's rows in memory those walks cost more than
-    the rendering (2.5× slower leaderboards measured on 100k runs).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _pool(db: str, runs: int, workers: int | None) -> ProcessPoolExecutor | None:

@@ -350,6 +350,14 @@ def test_numbers_have_units_and_four_significant_figures(value, unit, text):
     assert report.fmt(value, unit) == text
 
 
+def test_file_names_are_lowercase_ascii():
+    assert report.slugify("gpu: NVIDIA H100 80GB HBM3") == "gpu-nvidia-h100-80gb-hbm3"
+    assert report.slugify("Beta & <Gamma> Ünïcode") == "beta-gamma-unicode"
+    assert re.fullmatch(r"x-[0-9a-f]{6}", report.slugify("<>"))
+    assert report.run_page("4eda95233ff3d9fe") == "4eda95233ff3d9fe.html"
+    assert re.fullmatch(r"run-[0-9a-f]{16}\.html", report.run_page("../Up/<x>"))
+
+
 # -- downloads ------------------------------------------------------------------------------
 
 
