@@ -317,7 +317,9 @@ class ModelEntry(Protocol):
     """A built-in model (``builtin:NAME``): made offline, cached under the cache dir.
 
     ``prepare(cache_dir)`` builds it if absent (e.g. trains it) and returns the local path
-    that ``hf`` loading code can read; it must be safe to call from several processes.
+    that ``hf`` loading code can read; it must be safe to call from several processes. An
+    optional ``version`` (e.g. the recipe's hash) goes into every run key, so runs of a
+    rebuilt model are measured anew instead of resumed.
     """
 
     name: str

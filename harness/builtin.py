@@ -15,23 +15,26 @@ from harness.api import ModelEntry, ModelSource, Probe, Scenario, Task
 
 @hookimpl
 def harness_add_scenarios() -> Sequence[Scenario]:
+    from harness.scenarios.generate import GenerateScenario
     from harness.scenarios.perplexity import PerplexityScenario
 
-    return [PerplexityScenario()]
+    return [PerplexityScenario(), GenerateScenario()]
 
 
 @hookimpl
 def harness_add_tasks() -> Sequence[Task]:
+    from harness.scenarios.generate import DecodeThroughput, KVRecall, Needle, Passkey
     from harness.scenarios.perplexity import StdlibText
 
-    return [StdlibText()]
+    return [StdlibText(), Needle(), Passkey(), KVRecall(), DecodeThroughput()]
 
 
 @hookimpl
 def harness_add_models() -> Sequence[ModelEntry]:
     from harness.models.tiny_byte_lm import TinyByteLM
+    from harness.models.tiny_llama_retrieval import TinyLlamaRetrieval
 
-    return [TinyByteLM()]
+    return [TinyByteLM(), TinyLlamaRetrieval()]
 
 
 @hookimpl

@@ -153,7 +153,7 @@ def summary_table(specs: dict[str, RunSpec], results: list[dict[str, Any]]) -> T
             str(spec.seed),
             f"[{style}]{result['status']}[/]",
             f"{quality['metric']} {_fmt(quality['value'], quality['unit'])}" if quality else "—",
-            _fmt(latency["value"], "ms") if latency else "—",
+            f"{latency['phase']} {_fmt(latency['value'], 'ms')}" if latency else "—",
             _fmt(max(rss), "bytes") if rss else "—",
             _fmt(max(vram), "bytes") if vram else "—",
             f"{result['wall_s']:.1f} s",

@@ -23,6 +23,7 @@ from harness.plugins import PluginSet, probes_for
 from harness.probes.counters import count_parameters
 from harness.probes.timing import TimingResult, time_callable
 from harness.registry import Components
+from harness.suite import RESERVED_MODEL_KEYS
 
 
 class RunTimeout(Exception):
@@ -71,7 +72,7 @@ class Context:
         self._probes = probes
         self._source = components.model_sources.get(spec.model["source"])
         self._model_options = {
-            k: v for k, v in spec.model.items() if k not in ("ref", "source", "id")
+            k: v for k, v in spec.model.items() if k not in ("ref", *RESERVED_MODEL_KEYS)
         }
         self._prepared = False
 

@@ -3,7 +3,7 @@
 ``harness report`` reads the DuckDB store read-only, aggregates in SQL (millions of metric
 rows never become Python objects one at a time for the tables), and renders the jinja2
 templates of ``harness_reports`` into static pages: an index, one leaderboard per suite ×
-task × hardware group, and one page per run. A page needs nothing but itself, one small
+task setting × hardware group, and one page per run. A page needs nothing but itself, one small
 stylesheet and one small script next to it (plots are inline SVG, downloads are files beside
 the page), and every link is relative, so the site opens from ``file://`` and from a GitHub
 Pages project path without a single network request.
@@ -113,6 +113,7 @@ COSTS = (
     _Cost("energy", "energy per item", "energy_per_item", "value", True),
     _Cost("trainable", "trainable params", "params_trainable", "value", False),
     _Cost("storage", "storage", "storage_bytes", "value", False),
+    _Cost("kv_resident", "KV resident", "resident_bytes", "value", False),
 )
 _COST_BY_KIND = {c.kind: c for c in COSTS}
 #: Not a column: shown under the latency median of the same phase.
@@ -292,11 +293,15 @@ SELECT *,
        CASE WHEN bool_or(status = 'ok') OVER cfg THEN 'ok'
             WHEN bool_or(status = 'invalid') OVER cfg THEN 'invalid' END AS basis
 FROM (
-    SELECT m.suite, r.task, coalesce(r.hardware, 'unknown hardware') AS hardware,
+    SELECT m.suite, coalesce(l.label, r.task) AS task,
+           coalesce(r.hardware, 'unknown hardware') AS hardware,
            coalesce(r.model, '') AS model, r.method, coalesce(r.method_version, '') AS version,
            coalesce(CAST(r.params AS VARCHAR), '{}') AS params, r.seed, r.status, r.run_key,
            r.finished_at, r.error
     FROM member AS m JOIN runs AS r USING (run_key)
+    LEFT JOIN task_label AS l
+        ON l.suite = m.suite AND l.task = r.task
+       AND l.task_params = coalesce(CAST(r.task_params AS VARCHAR), '{}')
 )
 WINDOW cfg AS (PARTITION BY suite, task, hardware, model, method, version, params)
 """
@@ -421,6 +426,7 @@ def _plan(con: duckdb.DuckDBPyConnection, suites: Sequence[str]
             f"(it holds: {', '.join(known) or 'no suites'})"
         )
     con.execute(_MEMBER_SQL, [list(suites)])
+    _label_task_settings(con)
     con.execute(_BOARD_RUN_SQL)
     boards = {
         key: _Board(*key)
@@ -445,6 +451,34 @@ def _plan(con: duckdb.DuckDBPyConnection, suites: Sequence[str]
                                        "ORDER BY ALL").fetchall():
         links[run_key].append(targets[tuple(board)])
     return data, links
+
+
+def _label_task_settings(con: duckdb.DuckDBPyConnection) -> None:
+    """Fill ``task_label``: where a suite runs one task with several params (e.g. three
+    context lengths), each setting is its own leaderboard, named by the params that differ
+    — ``needle (context_len=1024)`` — never averaged together as if they were seeds."""
+    settings: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for suite, task, text in con.execute(
+        "SELECT DISTINCT m.suite, r.task, coalesce(CAST(r.task_params AS VARCHAR), '{}') "
+        "FROM member AS m JOIN runs AS r USING (run_key) ORDER BY ALL"
+    ).fetchall():
+        settings[(suite, task)].append(text)
+    labels = []
+    for (suite, task), texts in settings.items():
+        if len(texts) < 2:
+            continue
+        parsed = [json.loads(text) for text in texts]
+        differing = sorted(
+            {k for p in parsed for k in p
+             if len({json.dumps(q.get(k), sort_keys=True) for q in parsed}) > 1}
+        )  # fmt: skip
+        for text, params in zip(texts, parsed, strict=True):
+            shown = ", ".join(f"{k}={json.dumps(params.get(k))}" for k in differing)
+            labels.append((suite, task, text, f"{task} ({shown})"))
+    con.execute("CREATE OR REPLACE TEMP TABLE task_label "
+                "(suite VARCHAR, task VARCHAR, task_params VARCHAR, label VARCHAR)")
+    if labels:
+        con.executemany("INSERT INTO task_label VALUES (?, ?, ?, ?)", labels)
 
 
 def _aggregate(con: duckdb.DuckDBPyConnection, data: _Data) -> None:

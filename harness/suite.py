@@ -75,10 +75,10 @@ TOP_KEYS = (
 )
 TASK_KEYS = ("name", "params")
 METHOD_KEYS = ("name", "params", "grid")
-EXCLUDE_KEYS = ("model", "task", "method", "seed", "params")
+EXCLUDE_KEYS = ("model", "task", "method", "seed", "params", "task_params")
 LIMIT_KEYS = ("timeout",)
 #: Keys of a resolved model dict that options may not override.
-RESERVED_MODEL_KEYS = ("source", "id")
+RESERVED_MODEL_KEYS = ("source", "id", "version")
 MAX_SEED = 2**32 - 1
 
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -591,7 +591,8 @@ def _models(
             bad = False
             for key in entry:
                 if key in RESERVED_MODEL_KEYS:
-                    c.error((*loc, key), f"'{key}' is taken from ref; write 'ref: SOURCE:ID'")
+                    c.error((*loc, key), f"'{key}' is taken from ref (and a built-in model's "
+                            "recipe); write 'ref: SOURCE:ID'")
                     bad = True
                 elif not isinstance(key, str):
                     c.error((*loc, key), f"option names must be strings, got {_describe(key)}")
@@ -622,7 +623,13 @@ def _models(
                 c.error(loc, f"model options must be plain data (strings, numbers, booleans, "
                         f"lists, mappings): {exc}")
                 continue
-        models.append(({"ref": ref, "source": source_name, "id": ident, **options}, loc))
+        model = {"ref": ref, "source": source_name, "id": ident, **options}
+        # A built-in model's version (its recipe hash) keys its runs: retrained, measured anew.
+        if source_name == "builtin":
+            version = getattr(components.models.get(ident), "version", None)
+            if version is not None:
+                model["version"] = version
+        models.append((model, loc))
     return models
 
 
@@ -862,10 +869,11 @@ def _excludes(c: _Checker) -> list[_Exclude]:
         if "seed" in entry and not _is_int(entry["seed"]):
             c.error((*loc, "seed"), f"expected an integer seed, got {_describe(entry['seed'])}")
             ok = False
-        if "params" in entry and not isinstance(entry["params"], dict):
-            c.error((*loc, "params"), f"expected a mapping like {{bits: 4}}, got "
-                    f"{_describe(entry['params'])}")
-            ok = False
+        for key, example in (("params", "{bits: 4}"), ("task_params", "{context_len: 1024}")):
+            if key in entry and not isinstance(entry[key], dict):
+                c.error((*loc, key), f"expected a mapping like {example}, got "
+                        f"{_describe(entry[key])}")
+                ok = False
         if ok:
             entries.append(_Exclude(loc, {k: _plain(v) for k, v in entry.items()}))
     return entries
@@ -880,7 +888,8 @@ def _exclude_matches(run: RunSpec, key: str, value: Any) -> bool:
         return run.method == value
     if key == "seed":
         return run.seed == value
-    return all(k in run.params and run.params[k] == v for k, v in value.items())
+    params = run.task_params if key == "task_params" else run.params
+    return all(k in params and params[k] == v for k, v in value.items())
 
 
 def _apply_excludes(c: _Checker, runs: list[RunSpec], excludes: list[_Exclude]) -> list[RunSpec]:
@@ -909,15 +918,17 @@ def _explain_no_match(c: _Checker, runs: list[RunSpec], entry: _Exclude) -> None
     }
     blamed = False
     for key, value in entry.keys.items():
-        if key == "params":
+        if key in ("params", "task_params"):
             for pkey, pvalue in value.items():
-                loc: Loc = (*entry.loc, "params", pkey)
-                present = [run.params[pkey] for run in runs if pkey in run.params]
+                loc: Loc = (*entry.loc, key, pkey)
+                given = [run.task_params if key == "task_params" else run.params for run in runs]
+                present = [params[pkey] for params in given if pkey in params]
                 if not present:
-                    names = sorted({k for run in runs for k in run.params})
-                    c.error(loc, f"no run of this suite has a parameter '{pkey}'"
+                    kind = "task parameter" if key == "task_params" else "parameter"
+                    names = sorted({k for params in given for k in params})
+                    c.error(loc, f"no run of this suite has a {kind} '{pkey}'"
                             + did_you_mean(str(pkey), names)
-                            + f" (parameters in this suite: {', '.join(names) or 'none'})")
+                            + f" ({kind}s in this suite: {', '.join(names) or 'none'})")
                     blamed = True
                 elif pvalue not in present:
                     shown = ", ".join(dict.fromkeys(_yaml_value(v) for v in present))

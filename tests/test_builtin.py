@@ -7,9 +7,13 @@ from harness import builtin
 
 
 def test_registers_the_core_components() -> None:
-    assert [s.name for s in builtin.harness_add_scenarios()] == ["perplexity"]
-    assert [t.name for t in builtin.harness_add_tasks()] == ["stdlib-text"]
-    assert [m.name for m in builtin.harness_add_models()] == ["tiny-byte-lm"]
+    assert [s.name for s in builtin.harness_add_scenarios()] == ["perplexity", "generate"]
+    assert [t.name for t in builtin.harness_add_tasks()] == [
+        "stdlib-text", "needle", "passkey", "kv-recall", "decode-throughput",
+    ]  # fmt: skip
+    assert [m.name for m in builtin.harness_add_models()] == [
+        "tiny-byte-lm", "tiny-llama-retrieval",
+    ]  # fmt: skip
     sources = [s.name for s in builtin.harness_add_model_sources()]
     assert sources == ["hf", "hf-config", "builtin"]
     assert builtin.harness_add_probes(device="cpu")

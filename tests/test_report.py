@@ -30,6 +30,7 @@ from report_fixtures import (
 from harness import report
 from harness.api import STATUSES
 from harness.cli import main
+from harness.store import Store
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
         "track", "wbr"}
@@ -494,3 +495,29 @@ def test_preview_server_binds_to_loopback(site):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_each_setting_of_a_task_gets_its_own_leaderboard(tmp_path):
+    store = Store(tmp_path / "db.duckdb")
+    suite = store.record_suite("lengths", "suites/lengths.yaml", "", "name: lengths\n")
+    env = store.record_environment({"hardware": "cpu x2"})
+    for i, (context_len, method, exact) in enumerate(
+        [(256, "full", 1.0), (256, "kivi", 0.5), (1024, "full", 0.9)]
+    ):
+        run = {"run_key": f"k{i}", "scenario": "generate", "model": "builtin:m",
+               "model_config": {}, "task": "needle",
+               "task_params": {"context_len": context_len, "per_bin": 5}, "method": method,
+               "method_version": "1", "method_plugin": "p", "params": {}, "seed": 0,
+               "device": "cpu", "hardware": "cpu x2", "config": {}, "harness_version": "0"}
+        metrics = [{"phase": "eval", "metric": "exact_match", "value": exact, "unit": "",
+                    "stat": "value", "reason": None, "higher_is_better": True}]
+        store.commit_run(suite, run, {"status": "ok", "error": None, "traceback": None,
+                                      "env_id": env, "started_at": 0.0, "finished_at": 1.0,
+                                      "wall_s": 1.0, "metrics": metrics, "samples": []})
+    summary = report.build_site(tmp_path / "db.duckdb", tmp_path / "site")
+    assert summary.leaderboards == 2
+    pages = sorted(p.name for p in (tmp_path / "site" / "lengths").glob("*.html"))
+    assert pages == ["needle-context-len-1024-cpu-x2.html", "needle-context-len-256-cpu-x2.html"]
+    short = (tmp_path / "site" / "lengths" / pages[1]).read_text()
+    assert "needle (context_len=256)" in short and "kivi" in short
+    assert "kivi" not in (tmp_path / "site" / "lengths" / pages[0]).read_text()

@@ -100,6 +100,7 @@ class FakeModel:
     name: str
     kinds: tuple[str, ...] = ("causal-lm",)
     description: str = ""
+    version: str | None = None
 
     def prepare(self, cache_dir: str) -> str:
         return cache_dir
@@ -262,6 +263,38 @@ exclude:
     assert len(suite.runs) == 12 - 6
     assert not any(r.model["id"] == "gpt2" and r.method == "magnitude" for r in suite.runs)
     assert {r.seed for r in suite.runs} == {0, 1}
+
+
+def test_exclude_by_task_params_pairs_settings(tmp_path: Path) -> None:
+    # Match each task setting with its own method setting (e.g. KV budgets per context length).
+    suite = load(write(tmp_path, """\
+name: ex
+scenario: perplexity
+models: [builtin:tiny-byte-lm]
+tasks:
+  - {name: stdlib-text, params: {windows: 4}}
+  - {name: stdlib-text, params: {windows: 16}}
+methods:
+  - {name: rtn, grid: {bits: [4, 8]}}
+exclude:
+  - {task_params: {windows: 4}, params: {bits: 8}}
+  - {task: stdlib-text, task_params: {windows: 16}, params: {bits: 4}}
+"""))
+    assert suite.excluded == 2
+    assert [(r.task_params["windows"], r.params["bits"]) for r in suite.runs] == [(4, 4), (16, 8)]
+
+
+def test_exclude_names_an_unknown_task_param(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "methods: [dense]\nexclude: [{task_params: {windwos: 4}}]\n")
+    with pytest.raises(SuiteError) as caught:
+        load(path)
+    (issue,) = caught.value.issues
+    assert issue.line == 6 and issue.field == "exclude[0].task_params.windwos"
+    assert "no run of this suite has a task parameter 'windwos'; did you mean 'windows'?" in (
+        issue.message
+    )
+    with pytest.raises(SuiteError, match=re.escape("expected a mapping like {context_len: 1024}")):
+        load(write(tmp_path, BASE + "methods: [dense]\nexclude: [{task_params: 64}]\n"))
 
 
 def test_exclude_everything_is_an_error(tmp_path: Path) -> None:
@@ -461,3 +494,17 @@ def test_exclude_is_not_matched_against_a_broken_matrix(tmp_path: Path) -> None:
     with pytest.raises(SuiteError) as info:
         load(path)
     assert [i.field for i in info.value.issues] == ["methods[0]"]
+
+
+def test_a_built_in_models_version_keys_its_runs(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "methods: [dense]\n")
+    plain = load(path).runs[0]
+    assert "version" not in plain.model
+    components = make_components()
+    components.models.get("tiny-byte-lm").version = "abc"
+    versioned = load(path, components).runs[0]
+    assert versioned.model["version"] == "abc" and versioned.run_key != plain.run_key
+    with pytest.raises(SuiteError, match="'version' is taken from ref"):
+        load(write(tmp_path, BASE.replace(
+            "models: [builtin:tiny-byte-lm]", "models: [{ref: builtin:tiny-byte-lm, version: x}]"
+        ) + "methods: [dense]\n"))  # fmt: skip

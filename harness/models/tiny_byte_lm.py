@@ -10,24 +10,19 @@ directory, so a cached model always matches the recipe that names it.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import fcntl
-import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from harness.models.recipes import RecipeModel, torch_threads
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["RECIPE", "TinyByteLM", "recipe_hash", "train_model"]
+__all__ = ["RECIPE", "TinyByteLM", "train_model"]
 
 #: How the model is made. Everything that changes the weights is here, so its hash can key
 #: the cache. Trains in about 30 s on two CPU cores to about 2.6 held-out bits per byte.
@@ -58,29 +53,11 @@ RECIPE: dict[str, Any] = {
 }
 
 
-def recipe_hash(recipe: Mapping[str, Any]) -> str:
-    """First 12 hex digits of the SHA-256 of the recipe's canonical JSON."""
-    canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
 def _byte_ids(data: bytes, offset: int) -> torch.Tensor:
     """Token ids of raw bytes: what the byte-level tokenizer gives, without its Python loop."""
     import torch
 
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long() + offset
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _lr_factor(step: int, recipe: Mapping[str, Any]) -> float:
@@ -136,7 +113,7 @@ def train_model(recipe: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     )
     opt = recipe["optimizer"]
     losses: list[float] = []
-    with _torch_threads(recipe["torch_threads"]), torch.random.fork_rng(devices=[]):
+    with torch_threads(recipe["torch_threads"]), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])
         model = LlamaForCausalLM(config)
         optimizer = torch.optim.AdamW(
@@ -177,7 +154,7 @@ def train_model(recipe: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     return info
 
 
-class TinyByteLM:
+class TinyByteLM(RecipeModel):
     """The ``tiny-byte-lm`` model entry; ``recipe`` defaults to :data:`RECIPE`."""
 
     name = "tiny-byte-lm"
@@ -186,37 +163,7 @@ class TinyByteLM:
         "the default suite's offline causal LM"
     )
     kinds = ("causal-lm",)
+    default_recipe = RECIPE
 
-    def __init__(self, recipe: Mapping[str, Any] | None = None) -> None:
-        self.recipe = copy.deepcopy(dict(recipe if recipe is not None else RECIPE))
-
-    def path(self, cache_dir: str) -> Path:
-        """Where the model trained by this recipe lives under ``cache_dir``."""
-        return Path(cache_dir) / "models" / f"{self.name}-{recipe_hash(self.recipe)}"
-
-    def prepare(self, cache_dir: str) -> str:
-        """Train and cache the model unless it is cached; return its directory.
-
-        Safe across processes: an exclusive file lock makes one trainer, the others wait and
-        find the result. Training writes into a temporary directory renamed into place at the
-        end, so a killed trainer never leaves a half-written model where loaders look.
-        """
-        final = self.path(cache_dir)
-        if final.is_dir():
-            return str(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = final.parent / f".{final.name}.lock"
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if not final.is_dir():
-                    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-                    try:
-                        train_model(self.recipe, tmp)
-                        os.rename(tmp, final)
-                    except BaseException:
-                        shutil.rmtree(tmp, ignore_errors=True)
-                        raise
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-        return str(final)
+    def train(self, recipe: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+        return train_model(recipe, out_dir)

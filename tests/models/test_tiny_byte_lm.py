@@ -14,7 +14,8 @@ import torch
 
 from harness.api import ModelEntry
 from harness.models import tiny_byte_lm
-from harness.models.tiny_byte_lm import RECIPE, TinyByteLM, recipe_hash
+from harness.models.recipes import recipe_hash
+from harness.models.tiny_byte_lm import RECIPE, TinyByteLM
 
 #: A recipe that trains in about a second: the caching and locking logic, not the model.
 SMALL: dict[str, Any] = copy.deepcopy(RECIPE)

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,93 +12,19 @@ from harness_plugins.weight_compression import RTN, Dense, Magnitude
 from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
 
 from harness.api import (
-    MeasureSettings,
     Method,
-    PhaseResult,
-    Recorder,
     RunContext,
-    RunSpec,
     Scenario,
     Task,
 )
-from harness.models.sources import HFSource
-from harness.scenarios.perplexity import PerplexityScenario, StdlibText, StdlibTextParams
+from harness.scenarios.perplexity import PerplexityScenario, StdlibText
 
-
-class FakeContext:
-    """Just enough of :class:`harness.api.RunContext` to run the scenario without the core:
-    phases and timing only note what ran; loading uses the real ``hf`` source code."""
-
-    def __init__(
-        self,
-        model_dir: str,
-        method: Any,
-        params: Mapping[str, Any] | None = None,
-        task_params: Mapping[str, Any] | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.model_dir = model_dir
-        self.recorder = Recorder()
-        self.device = "cpu"
-        self.method = method
-        self.task = StdlibText()
-        self.components = None
-        self.cache_dir = ""
-        self.phases: list[str] = []
-        self.timed: dict[str, tuple[float | None, str, int]] = {}
-        self.spec = RunSpec(
-            run_key="test",
-            suite="test",
-            scenario="perplexity",
-            model={"ref": f"hf:{model_dir}"},
-            task="stdlib-text",
-            task_params=StdlibTextParams(**(task_params or {})).model_dump(),
-            method=method.name,
-            method_version=method.version,
-            method_plugin="weight-compression",
-            params=method.params(**(params or {})).model_dump(),
-            seed=seed,
-            device="cpu",
-            measure=MeasureSettings(),
-            timeout_s=None,
-            config={},
-        )
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[PhaseResult]:
-        self.phases.append(name)
-        yield PhaseResult(name)
-
-    def time(
-        self,
-        phase: str,
-        fn: Callable[[], Any],
-        *,
-        items: float | None = None,
-        item_unit: str = "item",
-    ) -> None:
-        calls = 3
-        with self.phase(phase):
-            for _ in range(calls):
-                fn()
-        self.timed[phase] = (items, item_unit, calls)
-
-    def load_model(self, kind: str) -> Any:
-        return HFSource().load(self.model_dir, kind, {}, self)
-
-    def load_tokenizer(self) -> Any:
-        return HFSource().load_tokenizer(self.model_dir, {}, self)
-
-    def count_parameters(self, model: Any, phase: str = "model") -> tuple[int, int]:
-        total = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.recorder.record(phase, "total_params", total, "count")
-        self.recorder.record(phase, "trainable_params", trainable, "count")
-        return total, trainable
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_context import FakeContext
 
 
 def run(model_dir: str, method: Any, params: Mapping[str, Any] | None = None, **kw: Any) -> Any:
-    ctx = FakeContext(model_dir, method, params, **kw)
+    ctx = FakeContext(model_dir, method, StdlibText(), params, **kw)
     PerplexityScenario().run(ctx)
     return ctx
 
@@ -120,7 +46,7 @@ def test_components_satisfy_the_protocols(random_lm_dir: str) -> None:
     scenario = PerplexityScenario()
     assert isinstance(scenario, Scenario)
     assert isinstance(StdlibText(), Task)
-    assert isinstance(FakeContext(random_lm_dir, Dense()), RunContext)
+    assert isinstance(FakeContext(random_lm_dir, Dense(), StdlibText()), RunContext)
     for method in (Dense(), RTN(), Magnitude()):
         assert isinstance(method, Method)
         assert all(callable(getattr(method, a)) for a in scenario.method_protocol)

@@ -1,0 +1,84 @@
+"""A stand-in for the core's run context, so a scenario runs in a test without the core."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from harness.api import MeasureSettings, PhaseResult, Recorder, RunSpec
+from harness.models.sources import HFSource
+
+
+class FakeContext:
+    """Just enough of :class:`harness.api.RunContext` to run a scenario without the core:
+    phases and timing only note what ran; loading uses the real ``hf`` source code."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        method: Any,
+        task: Any,
+        params: Mapping[str, Any] | None = None,
+        task_params: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        measure: MeasureSettings | None = None,
+    ) -> None:
+        self.model_dir = model_dir
+        self.recorder = Recorder()
+        self.device = "cpu"
+        self.method = method
+        self.task = task
+        self.components = None
+        self.cache_dir = ""
+        self.phases: list[str] = []
+        self.timed: dict[str, tuple[float | None, str, int]] = {}
+        self.spec = RunSpec(
+            run_key="test",
+            suite="test",
+            scenario=task.scenario,
+            model={"ref": f"hf:{model_dir}"},
+            task=task.name,
+            task_params=task.params(**(task_params or {})).model_dump(),
+            method=method.name,
+            method_version=method.version,
+            method_plugin="test",
+            params=method.params(**(params or {})).model_dump(),
+            seed=seed,
+            device="cpu",
+            measure=measure or MeasureSettings(),
+            timeout_s=None,
+            config={},
+        )
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[PhaseResult]:
+        self.phases.append(name)
+        yield PhaseResult(name)
+
+    def time(
+        self,
+        phase: str,
+        fn: Callable[[], Any],
+        *,
+        items: float | None = None,
+        item_unit: str = "item",
+    ) -> None:
+        calls = 3
+        with self.phase(phase):
+            for _ in range(calls):
+                fn()
+        self.timed[phase] = (items, item_unit, calls)
+
+    def load_model(self, kind: str) -> Any:
+        return HFSource().load(self.model_dir, kind, {}, self)
+
+    def load_tokenizer(self) -> Any:
+        return HFSource().load_tokenizer(self.model_dir, {}, self)
+
+    def count_parameters(self, model: Any, phase: str = "model") -> tuple[int, int]:
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.recorder.record(phase, "total_params", total, "count")
+        self.recorder.record(phase, "trainable_params", trainable, "count")
+        return total, trainable
