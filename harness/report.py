@@ -980,7 +980,8 @@ def _pareto(title: str, rows: list[tuple[str, float, float]], x_column: _Column,
 
 
 def _pareto_plots(board: _Board, columns: list[_Column], show_model: bool) -> list[_Plot]:
-    """Quality vs peak memory and quality vs latency, or a sentence saying why not."""
+    """Quality vs peak memory and quality vs latency (or a sentence saying why not), and
+    quality vs KV bytes resident where the board has them."""
     by_kind = {c.id[0]: c for c in reversed(columns) if not c.quality}
     quality = next((c for c in columns if c.quality), None)
     memory_title, latency_title = "Quality vs peak memory", "Quality vs latency"
@@ -992,11 +993,15 @@ def _pareto_plots(board: _Board, columns: list[_Column], show_model: bool) -> li
     if memory is None and "host_ram" in by_kind:
         memory = by_kind["host_ram"]
         memory_label = "peak host RAM (no VRAM measured here)"
-    plots = []
-    for title, cost, label, what in (
+    axes = [
         (memory_title, memory, memory_label, "peak memory"),
         (latency_title, by_kind.get("latency"), "median latency", "latency"),
-    ):
+    ]
+    if "kv_resident" in by_kind:  # KV-cache methods: the memory they are about
+        axes.append(("Quality vs KV resident", by_kind["kv_resident"],
+                     "KV bytes resident on the device", "KV bytes"))
+    plots = []
+    for title, cost, label, what in axes:
         if cost is None:
             plots.append(_Plot(title, f"No plot: no run here recorded {what}."))
             continue

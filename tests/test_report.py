@@ -510,7 +510,9 @@ def test_each_setting_of_a_task_gets_its_own_leaderboard(tmp_path):
                "method_version": "1", "method_plugin": "p", "params": {}, "seed": 0,
                "device": "cpu", "hardware": "cpu x2", "config": {}, "harness_version": "0"}
         metrics = [{"phase": "eval", "metric": "exact_match", "value": exact, "unit": "",
-                    "stat": "value", "reason": None, "higher_is_better": True}]
+                    "stat": "value", "reason": None, "higher_is_better": True},
+                   {"phase": "kv", "metric": "resident_bytes", "value": 1000.0 * exact,
+                    "unit": "bytes", "stat": "value", "reason": None, "higher_is_better": None}]
         store.commit_run(suite, run, {"status": "ok", "error": None, "traceback": None,
                                       "env_id": env, "started_at": 0.0, "finished_at": 1.0,
                                       "wall_s": 1.0, "metrics": metrics, "samples": []})
@@ -521,3 +523,5 @@ def test_each_setting_of_a_task_gets_its_own_leaderboard(tmp_path):
     short = (tmp_path / "site" / "lengths" / pages[1]).read_text()
     assert "needle (context_len=256)" in short and "kivi" in short
     assert "kivi" not in (tmp_path / "site" / "lengths" / pages[0]).read_text()
+    # KV-cache boards get a KV resident column and a quality-vs-KV-bytes plot.
+    assert "KV resident" in short and "Quality vs KV resident" in short

@@ -102,22 +102,6 @@ def test_prepare_trains_a_changed_recipe_once(
     assert model.config.attention_bias
 
 
-def test_failed_training_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def failing(recipe: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-        (out_dir / "partial").write_text("half a model")
-        raise RuntimeError("killed")
-
-    monkeypatch.setattr(tiny_llama_retrieval, "train_model", failing)
-    entry = TinyLlamaRetrieval(SMALL)
-    with pytest.raises(RuntimeError, match="killed"):
-        entry.prepare(str(tmp_path))
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [
-        f".{entry.path(str(tmp_path)).name}.lock"
-    ]
-
-
 def test_training_is_deterministic(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
