@@ -33,8 +33,9 @@ def harness_add_tasks() -> Sequence[Task]:
 def harness_add_models() -> Sequence[ModelEntry]:
     from harness.models.tiny_byte_lm import TinyByteLM
     from harness.models.tiny_llama_retrieval import TinyLlamaRetrieval
+    from harness.models.tiny_vit import TinyViT
 
-    return [TinyByteLM(), TinyLlamaRetrieval()]
+    return [TinyByteLM(), TinyLlamaRetrieval(), TinyViT()]
 
 
 @hookimpl

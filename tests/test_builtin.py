@@ -12,7 +12,7 @@ def test_registers_the_core_components() -> None:
         "stdlib-text", "needle", "passkey", "kv-recall", "decode-throughput",
     ]  # fmt: skip
     assert [m.name for m in builtin.harness_add_models()] == [
-        "tiny-byte-lm", "tiny-llama-retrieval",
+        "tiny-byte-lm", "tiny-llama-retrieval", "tiny-vit",
     ]  # fmt: skip
     sources = [s.name for s in builtin.harness_add_model_sources()]
     assert sources == ["hf", "hf-config", "builtin"]
