@@ -13,12 +13,27 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["RecipeModel", "build_once", "recipe_hash", "torch_threads"]
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+
+__all__ = [
+    "RecipeModel",
+    "adamw",
+    "build_once",
+    "log_progress",
+    "recipe_hash",
+    "torch_threads",
+    "write_trained",
+]
 
 
 def recipe_hash(recipe: Mapping[str, Any]) -> str:
@@ -38,6 +53,48 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def adamw(
+    model: torch.nn.Module, recipe: Mapping[str, Any], factor: Callable[[int], float]
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW at ``recipe["lr"]`` with the recipe's ``optimizer`` betas and weight decay, and
+    the learning rate scaled by ``factor(step)``."""
+    import torch
+
+    opt = recipe["optimizer"]
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=recipe["lr"],
+        betas=tuple(opt["betas"]),
+        weight_decay=opt["weight_decay"],
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def log_progress(line: str) -> None:
+    """A timestamped training-progress line on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def write_trained(out: Path, build: Callable[[Path], T], *, replace: bool = False) -> T:
+    """``build(tmp_dir)``, then move the result to ``out`` (which must not exist unless
+    ``replace``), readable by all as package data must be; nothing is left on failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        result = build(tmp)
+        # mkdtemp makes the directory private.
+        tmp.chmod(0o755)
+        for file in tmp.iterdir():
+            file.chmod(0o644)
+        if replace and out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
 
 
 def build_once(final: Path, build: Callable[[Path], Any]) -> Path:
@@ -70,11 +127,14 @@ class RecipeModel:
     """A built-in model entry (:class:`harness.api.ModelEntry`) made by a recipe.
 
     Subclasses set ``name``, ``description``, ``kinds`` and ``default_recipe`` and implement
-    ``train(recipe, out_dir)``; the model lives under ``<cache_dir>/models/<name>-<hash>/``.
+    ``train(recipe, out_dir)``; the model lives under ``<cache_dir>/models/<name>-<hash>/``,
+    or in ``shipped_dir`` (package data) when that was made by the same recipe.
     """
 
     name: str
     default_recipe: Mapping[str, Any]
+    #: Where weights shipped as package data live, with the ``recipe.json`` that made them.
+    shipped_dir: Path | None = None
 
     def __init__(self, recipe: Mapping[str, Any] | None = None) -> None:
         self.recipe = copy.deepcopy(dict(recipe if recipe is not None else self.default_recipe))
@@ -88,11 +148,23 @@ class RecipeModel:
         """Where the model trained by this recipe lives under ``cache_dir``."""
         return Path(cache_dir) / "models" / f"{self.name}-{self.version}"
 
+    def shipped(self) -> Path | None:
+        """The shipped package-data directory when it was made by this recipe."""
+        if self.shipped_dir is None:
+            return None
+        info = self.shipped_dir / "recipe.json"
+        if info.is_file() and json.loads(info.read_text())["recipe"] == self.recipe:
+            return self.shipped_dir
+        return None
+
     def prepare(self, cache_dir: str) -> str:
-        """Train and cache the model unless it is cached; return its directory.
+        """The shipped model when it matches the recipe, else train and cache it once.
 
         Safe across processes and against a killed trainer (:func:`build_once`).
         """
+        shipped = self.shipped()
+        if shipped is not None:
+            return str(shipped)
         return str(build_once(self.path(cache_dir), lambda tmp: self.train(self.recipe, tmp)))
 
     def train(self, recipe: Mapping[str, Any], out_dir: Path) -> Any:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.models.recipes import RecipeModel, torch_threads
+from harness.models.recipes import RecipeModel, adamw, torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -116,15 +116,7 @@ def train_model(recipe: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     with torch_threads(recipe["torch_threads"]), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])
         model = LlamaForCausalLM(config)
-        optimizer = torch.optim.AdamW(
-            model.parameters(),
-            lr=recipe["lr"],
-            betas=tuple(opt["betas"]),
-            weight_decay=opt["weight_decay"],
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: _lr_factor(step, recipe)
-        )
+        optimizer, scheduler = adamw(model, recipe, lambda step: _lr_factor(step, recipe))
         order = torch.Generator().manual_seed(recipe["seed"])
         positions = torch.arange(seq_len)
         model.train()

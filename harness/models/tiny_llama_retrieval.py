@@ -16,17 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.models.recipes import RecipeModel, recipe_hash, torch_threads
+from harness.models.recipes import (
+    RecipeModel,
+    adamw,
+    log_progress,
+    recipe_hash,
+    torch_threads,
+    write_trained,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -310,14 +314,8 @@ def train_model(
     with torch_threads(recipe["torch_threads"]), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])
         model = LlamaForCausalLM(config).to(device)
-        optimizer = torch.optim.AdamW(
-            model.parameters(),
-            lr=recipe["lr"],
-            betas=tuple(opt["betas"]),
-            weight_decay=opt["weight_decay"],
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: _lr_factor(step, len(schedule), recipe)
+        optimizer, scheduler = adamw(
+            model, recipe, lambda step: _lr_factor(step, len(schedule), recipe)
         )
         rng = random.Random(recipe["seed"])
         train_seconds = 0.0
@@ -382,25 +380,10 @@ class TinyLlamaRetrieval(RecipeModel):
     )
     kinds = ("causal-lm",)
     default_recipe = RECIPE
-
-    def shipped(self) -> Path | None:
-        """The shipped package-data directory when it was made by this recipe."""
-        info = SHIPPED_DIR / "recipe.json"
-        if info.is_file() and json.loads(info.read_text())["recipe"] == self.recipe:
-            return SHIPPED_DIR
-        return None
-
-    def prepare(self, cache_dir: str) -> str:
-        """The shipped model when it matches the recipe, else train and cache it once."""
-        shipped = self.shipped()
-        return str(shipped) if shipped is not None else super().prepare(cache_dir)
+    shipped_dir = SHIPPED_DIR
 
     def train(self, recipe: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
         return train_model(recipe, out_dir)
-
-
-def _log(line: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -435,15 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"dtype": args.dtype, "exact_match": em}, indent=2))
         return 0
     out = SHIPPED_DIR if args.ship else args.out
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-llama-retrieval-", dir=out.parent))
-    try:
-        info = train_model(RECIPE, tmp, args.device, _log, args.eval_every)
-        if args.ship and out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    info = write_trained(
+        out,
+        lambda tmp: train_model(RECIPE, tmp, args.device, log_progress, args.eval_every),
+        replace=args.ship,
+    )
     print(json.dumps({k: v for k, v in info.items() if k != "recipe"}, indent=2))
     return 0
 

@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.models.recipes import RecipeModel, recipe_hash, torch_threads
+from harness.models.recipes import (
+    RecipeModel,
+    adamw,
+    log_progress,
+    recipe_hash,
+    torch_threads,
+    write_trained,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -188,15 +192,7 @@ def train_model(
     with torch_threads(recipe["torch_threads"]), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])
         model = ViTForImageClassification(config)
-        optimizer = torch.optim.AdamW(
-            model.parameters(),
-            lr=recipe["lr"],
-            betas=tuple(opt["betas"]),
-            weight_decay=opt["weight_decay"],
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: _lr_factor(step, recipe)
-        )
+        optimizer, scheduler = adamw(model, recipe, lambda step: _lr_factor(step, recipe))
         rng = np.random.default_rng([recipe["seed"], 0xBA7C])
         model.train()
         started = time.perf_counter()
@@ -246,25 +242,10 @@ class TinyViT(RecipeModel):
     )
     kinds = ("image-classification", "base")
     default_recipe = RECIPE
-
-    def shipped(self) -> Path | None:
-        """The shipped package-data directory when it was made by this recipe."""
-        info = SHIPPED_DIR / "recipe.json"
-        if info.is_file() and json.loads(info.read_text())["recipe"] == self.recipe:
-            return SHIPPED_DIR
-        return None
-
-    def prepare(self, cache_dir: str) -> str:
-        """The shipped model when it matches the recipe, else train and cache it once."""
-        shipped = self.shipped()
-        return str(shipped) if shipped is not None else super().prepare(cache_dir)
+    shipped_dir = SHIPPED_DIR
 
     def train(self, recipe: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
         return train_model(recipe, out_dir)
-
-
-def _log(line: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -277,20 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--ship", action="store_true", help=f"replace {SHIPPED_DIR}")
     args = parser.parse_args(argv)
     out = SHIPPED_DIR if args.ship else args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-vit-", dir=out.parent))
-    try:
-        info = train_model(RECIPE, tmp, _log)
-        # mkdtemp makes the directory private; package data must be readable by all.
-        tmp.chmod(0o755)
-        for file in tmp.iterdir():
-            file.chmod(0o644)
-        if args.ship and out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    info = write_trained(out, lambda tmp: train_model(RECIPE, tmp, log_progress), replace=args.ship)
     print(json.dumps({k: v for k, v in info.items() if k != "recipe"}, indent=2))
     return 0
 

@@ -60,9 +60,10 @@ def measured_cache(layers: list[Any]) -> Any:
 
 
 class EvictingLayer:
-    """A cache layer (base ``CacheLayerMixin``) that keeps a subset of the tokens it has seen.
+    """A cache layer (base ``CacheLayerMixin``) that keeps a subset of the tokens it has seen
+    at full precision.
 
-    ``keys``/``values`` hold the kept tokens; ``get_seq_length()`` is the number of tokens
+    ``keys``/``values`` hold those tokens; ``get_seq_length()`` is the number of tokens
     seen (transformers derives position ids from it) and ``get_mask_sizes`` returns
     ``(physical + q_len, seen − physical)``, which keeps the causal mask right for
     multi-token steps after eviction. Build instances with ``transformers_class(cls,

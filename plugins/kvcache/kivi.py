@@ -42,7 +42,7 @@ from pydantic import Field, model_validator
 
 from harness.api import Params, RunContext
 
-from .common import measured_cache, num_layers, tensor_bytes, transformers_class
+from .common import EvictingLayer, measured_cache, num_layers, transformers_class
 from .quant import Packed, concat, dequantize, packed_bytes, quantize_keys, quantize_values
 
 if TYPE_CHECKING:
@@ -66,39 +66,26 @@ class KIVIParams(Params):
         return self
 
 
-class KIVILayer:
+class KIVILayer(EvictingLayer):
     """One layer (base ``CacheLayerMixin``): packed low-bit K/V, full-precision residual.
 
     ``keys``/``values`` hold the full-precision residuals (the key one may be up to
     ``group_size - 1`` tokens longer); ``quantized_keys``/``quantized_values`` the older tokens.
+    Every token seen is returned to attention (dequantized), so none is evicted.
     """
 
     def __init__(self, layer_idx: int, p: KIVIParams) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
+        super().__init__(layer_idx)
         self.p = p
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
         self.quantized_keys: Packed | None = None
         self.quantized_values: Packed | None = None
-        self.is_initialized = False
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self.keys = key_states[..., :0, :]
-        self.values = value_states[..., :0, :]
-        self.is_initialized = True
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        self.keys = torch.cat([self.keys, key_states], dim=-2)
-        self.values = torch.cat([self.values, value_states], dim=-2)
-        keys, values = self.keys, self.values
+        keys, values = self.append(key_states, value_states)
         if self.quantized_keys is not None:
             keys = torch.cat([dequantize(self.quantized_keys, self.dtype), keys], dim=-2)
         if self.quantized_values is not None:
@@ -121,28 +108,18 @@ class KIVILayer:
             self.quantized_values = _append(self.quantized_values, chunk)
             self.values = self.values[..., n:, :].clone()
 
-    def get_seq_length(self) -> int:
-        if not self.is_initialized:
-            return 0
-        quantized = self.quantized_keys.shape[-2] if self.quantized_keys is not None else 0
-        return quantized + self.keys.shape[-2]
-
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.get_seq_length() + query_length, 0
-
-    def get_max_length(self) -> int:
-        return -1
+        return self.seen + query_length, 0
 
     def reset(self) -> None:
-        self.keys = self.values = None
+        super().reset()
         self.quantized_keys = self.quantized_values = None
-        self.is_initialized = False
 
     def resident_bytes(self) -> int:
         quantized = sum(
             packed_bytes(q) for q in (self.quantized_keys, self.quantized_values) if q is not None
         )
-        return quantized + tensor_bytes(self.keys) + tensor_bytes(self.values)
+        return quantized + super().resident_bytes()
 
 
 def _append(stored: Packed | None, chunk: Packed) -> Packed:
