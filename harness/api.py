@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from harness.probes.timing import TimingResult
 
 __all__ = [
+    "RESERVED_MODEL_KEYS",
     "STATUSES",
     "MeasureSettings",
     "Method",
@@ -153,6 +154,10 @@ class Recorder:
             if (row.phase, row.metric, row.stat) == (phase, metric, stat):
                 return row.value
         return None
+
+#: Keys of a resolved model (``RunSpec.model``, besides ``ref``) that name it rather than
+#: being options of its model source; a suite may not set them.
+RESERVED_MODEL_KEYS = ("source", "id", "version")
 
 
 @dataclass(frozen=True)

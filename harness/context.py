@@ -18,12 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
-from harness.api import PhaseResult, Recorder, RunSpec, Unsupported
+from harness.api import RESERVED_MODEL_KEYS, PhaseResult, Recorder, RunSpec, Unsupported
 from harness.plugins import PluginSet, probes_for
 from harness.probes.counters import count_parameters
 from harness.probes.timing import TimingResult, time_callable
 from harness.registry import Components
-from harness.suite import RESERVED_MODEL_KEYS
 
 
 class RunTimeout(Exception):

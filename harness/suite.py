@@ -35,7 +35,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from harness.api import MeasureSettings, RunSpec
+from harness.api import RESERVED_MODEL_KEYS, MeasureSettings, RunSpec
 from harness.executors import EXECUTORS
 from harness.registry import Components, RegistryError, did_you_mean, suggest
 
@@ -77,8 +77,6 @@ TASK_KEYS = ("name", "params")
 METHOD_KEYS = ("name", "params", "grid")
 EXCLUDE_KEYS = ("model", "task", "method", "seed", "params", "task_params")
 LIMIT_KEYS = ("timeout",)
-#: Keys of a resolved model dict that options may not override.
-RESERVED_MODEL_KEYS = ("source", "id", "version")
 MAX_SEED = 2**32 - 1
 
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
