@@ -15,18 +15,27 @@ from harness.api import ModelEntry, ModelSource, Probe, Scenario, Task
 
 @hookimpl
 def harness_add_scenarios() -> Sequence[Scenario]:
+    from harness.scenarios.adapt import AdaptScenario
+    from harness.scenarios.continual import ContinualScenario
     from harness.scenarios.generate import GenerateScenario
     from harness.scenarios.perplexity import PerplexityScenario
 
-    return [PerplexityScenario(), GenerateScenario()]
+    return [PerplexityScenario(), GenerateScenario(), AdaptScenario(), ContinualScenario()]
 
 
 @hookimpl
 def harness_add_tasks() -> Sequence[Task]:
+    from harness.scenarios import adapt
+    from harness.scenarios.continual import SplitDigits, SplitImages, SplitShapes
     from harness.scenarios.generate import DecodeThroughput, KVRecall, Needle, Passkey
     from harness.scenarios.perplexity import StdlibText
 
-    return [StdlibText(), Needle(), Passkey(), KVRecall(), DecodeThroughput()]
+    return [
+        StdlibText(), Needle(), Passkey(), KVRecall(), DecodeThroughput(),
+        adapt.DigitsShift(), adapt.ShapesCount(), adapt.ShapesPosition(),
+        adapt.ShapesOrientation(), adapt.ImageFolder(), adapt.HFImages(),
+        SplitDigits(), SplitShapes(), SplitImages(),
+    ]  # fmt: skip
 
 
 @hookimpl

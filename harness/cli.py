@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         executor = SubprocessExecutor(
             plugins, suite.device, cache_dir, isolation=suite.isolation,
-            base_dir=suite.path.parent,
+            base_dir=suite.path.parent, workers=suite.workers,
         )
     store = Store(args.db)
     driver = Driver(suite, store, plugins, executor, RichReporter())
@@ -249,8 +249,9 @@ def _dry_run(suite, db: str) -> int:
     out.print(table)
     first = suite.runs[0] if suite.runs else None
     if first is not None:
+        workers = suite.workers if first.device == "cpu" else "one per GPU"
         out.print(f"device {first.device} ({escape(str(first.config['hardware']))}), "
-                  f"executor {suite.executor}, isolation {suite.isolation}")
+                  f"executor {suite.executor}, isolation {suite.isolation}, workers {workers}")
     return 0
 
 

@@ -114,6 +114,7 @@ COSTS = (
     _Cost("trainable", "trainable params", "params_trainable", "value", False),
     _Cost("storage", "storage", "storage_bytes", "value", False),
     _Cost("kv_resident", "KV resident", "resident_bytes", "value", False),
+    _Cost("buffer", "memory buffer", "buffer_bytes", "value", False),
 )
 _COST_BY_KIND = {c.kind: c for c in COSTS}
 #: Not a column: shown under the latency median of the same phase.
@@ -981,7 +982,7 @@ def _pareto(title: str, rows: list[tuple[str, float, float]], x_column: _Column,
 
 def _pareto_plots(board: _Board, columns: list[_Column], show_model: bool) -> list[_Plot]:
     """Quality vs peak memory and quality vs latency (or a sentence saying why not), and
-    quality vs KV bytes resident where the board has them."""
+    quality vs KV bytes resident and vs storage bytes where the board has them."""
     by_kind = {c.id[0]: c for c in reversed(columns) if not c.quality}
     quality = next((c for c in columns if c.quality), None)
     memory_title, latency_title = "Quality vs peak memory", "Quality vs latency"
@@ -1000,6 +1001,11 @@ def _pareto_plots(board: _Board, columns: list[_Column], show_model: bool) -> li
     if "kv_resident" in by_kind:  # KV-cache methods: the memory they are about
         axes.append(("Quality vs KV resident", by_kind["kv_resident"],
                      "KV bytes resident on the device", "KV bytes"))
+    if "storage" in by_kind:  # what a method costs to keep per task or per model
+        axes.append(("Quality vs storage", by_kind["storage"], "bytes stored", "storage bytes"))
+    if "buffer" in by_kind:  # continual learners: the replay memory they are compared at
+        axes.append(("Quality vs memory buffer", by_kind["buffer"], "bytes of the learner's memory",
+                     "buffer bytes"))
     plots = []
     for title, cost, label, what in axes:
         if cost is None:
@@ -1058,6 +1064,43 @@ def _samples_plot(phase: str, metric: str, unit: str, values: list[float]) -> _P
 
 
 # -- run pages ------------------------------------------------------------------------------
+
+#: A stat that names a cell of a matrix: ``after_2_task_1`` is row "after 2", column "task 1".
+_MATRIX_STAT = re.compile(r"^([a-z]+)_(\d+)_([a-z]+)_(\d+)$")
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    """A metric whose stats are matrix cells, as a heat-map table; ``heat`` is the cell's
+    place between the matrix's smallest and largest value (0..1), ``None`` for no value."""
+
+    title: str
+    columns: list[str]
+    rows: list[tuple[str, list[tuple[str, float | None]]]]
+
+
+def _matrices(rows: Sequence[tuple]) -> list[_Matrix]:
+    """The run's metrics whose stats look like matrix cells (e.g. a continual-learning
+    accuracy matrix, ``after_{i}_task_{j}``), read at a glance as a table rather than a list."""
+    found: dict[tuple[str, str, str, str, str], dict[tuple[int, int], float]] = {}
+    for _, phase, metric, stat, value, unit, _ in rows:
+        match = _MATRIX_STAT.match(stat)
+        if match and value is not None:
+            key = (phase, metric, match[1], match[3], unit)
+            found.setdefault(key, {})[int(match[2]), int(match[4])] = value
+    matrices = []
+    for (phase, metric, row_name, column_name, unit), cells in found.items():
+        low, high = min(cells.values()), max(cells.values())
+        size = (max(i for i, _ in cells) + 1, max(j for _, j in cells) + 1)
+        matrices.append(_Matrix(
+            f"{metric} · {phase}" + (f" ({unit})" if unit else ""),
+            [f"{column_name} {j}" for j in range(size[1])],
+            [(f"{row_name} {i}",
+              [(fmt(cells[i, j]), (cells[i, j] - low) / (high - low) if high > low else 1.0)
+               if (i, j) in cells else ("", None) for j in range(size[1])])
+             for i in range(size[0])],
+        ))
+    return matrices
 
 
 @contextlib.contextmanager
@@ -1212,6 +1255,7 @@ def _render_run(template: jinja2.Template, run: tuple, metrics: dict, samples: d
         config=config or "",
         plots=[_samples_plot(phase, metric, unit, values)
                for _, phase, metric, unit, values in samples.get(run_key, ()) if values],
+        matrices=_matrices(metrics.get(run_key, ())),
         leaderboards=links[run_key], environment=environments.get(env_id or ""),
     )
     _write_bytes(out / run_page(run_key), html.encode())

@@ -71,6 +71,7 @@ TOP_KEYS = (
     "limits",
     "executor",
     "isolation",
+    "workers",
     "device",
 )
 TASK_KEYS = ("name", "params")
@@ -137,6 +138,9 @@ class Suite:
     scenario: str
     executor: str
     isolation: str
+    #: Worker processes on a CPU device, each with an equal share of the cores as torch
+    #: threads (a CUDA device gets one worker per visible GPU).
+    workers: int
     #: The resolved device (``cpu``, ``cuda``, ``cuda:1``), not the ``auto`` written.
     device: str
     measure: MeasureSettings
@@ -324,6 +328,7 @@ def resolve_suite(
 
     executor = _choice(c, "executor", EXECUTORS)
     isolation = _choice(c, "isolation", ISOLATIONS)
+    workers = _workers(c)
     device, hardware = _device(c, resolve_device)
     measure = _measure(c)
     timeout_s = _timeout(c)
@@ -394,6 +399,7 @@ def resolve_suite(
         scenario=scenario_name or "",
         executor=executor,
         isolation=isolation,
+        workers=workers,
         device=device,
         measure=measure,
         timeout_s=timeout_s,
@@ -443,6 +449,15 @@ def _choice(c: _Checker, key: str, choices: tuple[str, ...]) -> str:
             message += did_you_mean(value, list(choices))
         c.error((key,), message)
         return choices[0]
+    return value
+
+
+def _workers(c: _Checker) -> int:
+    value = c.data.get("workers", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        c.error(("workers",), f"expected a whole number of CPU worker processes >= 1, "
+                              f"got {_describe(value)}")
+        return 1
     return value
 
 

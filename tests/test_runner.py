@@ -168,6 +168,18 @@ def test_isolation_run_uses_a_fresh_process_per_run(tmp_path):
     assert len(pids) == 2
 
 
+def test_cpu_workers_run_side_by_side_with_a_share_of_the_cores(tmp_path):
+    suite = write_suite(tmp_path, "[steady]", seeds="[0, 1, 2, 3]", extra="workers: 2")
+    db = tmp_path / "h.duckdb"
+    proc = harness_cli("run", str(suite), "--db", str(db), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert set(statuses(db).values()) == {"ok"}
+    _, pids = query(db, "SELECT DISTINCT value FROM metrics WHERE metric = 'worker_pid'")
+    assert len(pids) == 2
+    dry = harness_cli("run", str(suite), "--dry-run", "--device", "cpu")
+    assert "workers 2" in dry.stdout
+
+
 @pytest.mark.skipif(os.name != "posix", reason="signals")
 def test_plugin_failure_is_named_and_suite_still_runs(tmp_path):
     suite = write_suite(tmp_path, "[steady]")

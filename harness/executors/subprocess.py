@@ -50,6 +50,8 @@ class WorkerConfig:
     cache_dir: str
     visible_devices: str | None
     log_path: str
+    #: torch's intra-op threads in this worker; ``None`` keeps torch's default.
+    threads: int | None = None
 
 
 def worker_main(conn: Connection, config: WorkerConfig) -> None:
@@ -60,6 +62,10 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
     faulthandler.enable()
     if config.visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.visible_devices
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
 
     from harness.context import execute_run
     from harness.environment import collect_environment
@@ -162,6 +168,7 @@ class SubprocessExecutor:
         *,
         isolation: str = "worker",
         base_dir: Path | None = None,
+        workers: int = 1,
     ) -> None:
         self.plugins = plugins
         self.cache_dir = cache_dir
@@ -171,15 +178,21 @@ class SubprocessExecutor:
         self.log_dir = Path(tempfile.mkdtemp(prefix="harness-workers-"))
         self.workers = [
             Worker(f"worker-{i}", dev, visible, self.log_dir / f"worker-{i}.log")
-            for i, (dev, visible) in enumerate(self._slots(device))
+            for i, (dev, visible) in enumerate(self._slots(device, workers))
         ]
+        # CPU workers share the cores instead of each spawning a thread per core.
+        from harness.environment import usable_cpu_count
+
+        cores = usable_cpu_count()
+        self.threads = max(1, cores // workers) if device == "cpu" and workers > 1 else None
         self._context = mp.get_context("spawn")
 
     @staticmethod
-    def _slots(device: str) -> list[tuple[str, str | None]]:
-        """(device inside the worker, CUDA_VISIBLE_DEVICES) per worker."""
+    def _slots(device: str, workers: int) -> list[tuple[str, str | None]]:
+        """(device inside the worker, CUDA_VISIBLE_DEVICES) per worker: ``workers`` on a
+        CPU, one per visible GPU on CUDA."""
         if device == "cpu":
-            return [("cpu", os.environ.get("CUDA_VISIBLE_DEVICES"))]
+            return [("cpu", os.environ.get("CUDA_VISIBLE_DEVICES"))] * workers
         from harness.environment import cuda_device_count
 
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -204,6 +217,7 @@ class SubprocessExecutor:
             cache_dir=self.cache_dir,
             visible_devices=worker.visible_devices,
             log_path=str(worker.log_path),
+            threads=self.threads,
         )
         process = self._context.Process(
             target=worker_main, args=(child, config), name=worker.name, daemon=True

@@ -16,11 +16,12 @@ from harness.probes.counters import count_parameters, tensor_bytes
 from harness.probes.cuda_memory import CudaMemoryProbe
 from harness.probes.host_memory import HostMemoryProbe
 from harness.probes.nvml import NvmlProbe, gpu_inventory, visible_gpu_count
-from harness.probes.timing import TimingResult, summarize, time_callable
+from harness.probes.timing import LoopTimer, TimingResult, summarize, time_callable
 
 __all__ = [
     "CudaMemoryProbe",
     "HostMemoryProbe",
+    "LoopTimer",
     "NvmlProbe",
     "TimingResult",
     "count_parameters",

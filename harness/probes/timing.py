@@ -8,16 +8,17 @@ the numbers; elsewhere ``time.perf_counter_ns`` brackets each call. Raw samples 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from harness.api import MeasureSettings
 
-__all__ = ["STAT_KEYS", "TimingResult", "summarize", "time_callable"]
+__all__ = ["STAT_KEYS", "LoopTimer", "TimingResult", "summarize", "time_callable"]
 
 #: Keys of ``TimingResult.stats`` (latencies in ms; ``n`` is a count, ``cv`` a ratio).
 STAT_KEYS = (
@@ -180,3 +181,47 @@ def _time_cuda(fn: Callable[[], Any], measure: MeasureSettings, device: str) -> 
             more = batch(math.ceil(1.1 * missing_ms / per_iter) + 1, 0.0)
 
     return TimingResult(tuple(samples), cold_ms, measure.warmup, summarize(samples), "cuda_event")
+
+
+class LoopTimer:
+    """Times the iterations of a loop the caller owns (e.g. a training loop's steps).
+
+    :func:`time_callable` repeats one call; a training step can't be repeated without changing
+    what it measures, so here the caller brackets each real iteration with :meth:`step`. On
+    CUDA each iteration is a pair of events and the host synchronizes only in :meth:`samples_ms`
+    (call it between epochs, not per step); elsewhere ``perf_counter_ns`` brackets it.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.clock = "cuda_event" if device.startswith("cuda") else "perf_counter"
+        self._pending: list[tuple[Any, Any]] = []
+        self._samples: list[float] = []
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """Time the body of the ``with`` block as one iteration."""
+        if self.clock == "cuda_event":
+            import torch
+
+            with torch.cuda.device(torch.device(self.device)):
+                begin = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                begin.record()
+                yield
+                end.record()
+            self._pending.append((begin, end))
+            return
+        t0 = time.perf_counter_ns()
+        yield
+        self._samples.append((time.perf_counter_ns() - t0) / 1e6)
+
+    def samples_ms(self) -> list[float]:
+        """Every iteration's time so far, in ms (synchronizes the device once if needed)."""
+        if self._pending:
+            import torch
+
+            torch.cuda.synchronize(torch.device(self.device))
+            self._samples.extend(b.elapsed_time(e) for b, e in self._pending)
+            self._pending.clear()
+        return list(self._samples)

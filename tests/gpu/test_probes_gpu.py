@@ -15,6 +15,7 @@ import pytest
 from harness.api import MeasureSettings, Recorder
 from harness.probes import (
     CudaMemoryProbe,
+    LoopTimer,
     NvmlProbe,
     gpu_inventory,
     time_callable,
@@ -192,3 +193,22 @@ def test_inventory_agrees_with_torch() -> None:
         uuid = getattr(props, "uuid", None)
         if uuid is not None and gpu["uuid"].startswith("GPU-"):
             assert gpu["uuid"] == f"GPU-{uuid}"  # torch and NVML index the same device
+
+
+def test_loop_timer_events_match_the_wall_clock_of_synchronized_steps() -> None:
+    fn = _matmul()
+    timer = LoopTimer("cuda")
+    walls = []
+    for _ in range(10):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with timer.step():
+            fn()
+        torch.cuda.synchronize()
+        walls.append((time.perf_counter() - start) * 1e3)
+    samples = timer.samples_ms()
+    assert timer.clock == "cuda_event" and len(samples) == 10
+    # Event time is GPU time: never more than the wall time around it, and close to it for
+    # a GPU-bound matmul.
+    assert statistics.median(samples) <= statistics.median(walls) * 1.05
+    assert statistics.median(samples) >= statistics.median(walls) * 0.5

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from harness.api import MeasureSettings
-from harness.probes.timing import STAT_KEYS, TimingResult, summarize, time_callable
+from harness.probes.timing import STAT_KEYS, LoopTimer, TimingResult, summarize, time_callable
 
 
 def _sleeper(seconds: float, calls: list[int] | None = None):
@@ -142,3 +142,14 @@ def test_cuda_path_syncs_once_per_batch_and_tops_up(monkeypatch: pytest.MonkeyPa
     # cold (2 syncs) + after warmup (1) + one per batch: far fewer than one per iteration
     assert len(syncs) < 10 < len(r.samples_ms)
     assert r.invalid_reasons(measure.model_copy(update={"max_cv": None})) == []
+
+
+def test_loop_timer_times_each_iteration_of_a_loop_it_does_not_own() -> None:
+    timer = LoopTimer("cpu")
+    for pause in (0.002, 0.02, 0.002):
+        with timer.step():
+            time.sleep(pause)
+        time.sleep(0.01)  # between steps: not timed
+    samples = timer.samples_ms()
+    assert timer.clock == "perf_counter" and len(samples) == 3
+    assert 2 <= samples[0] < 9 and 20 <= samples[1] < 29 and 2 <= samples[2] < 9
