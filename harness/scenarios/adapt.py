@@ -317,12 +317,13 @@ class AdaptScenario:
         accuracy = float((predictions == data.test_y).float().mean())
         recorder.record("eval", "accuracy", accuracy, "", higher_is_better=True)
 
-        self._store_and_reload(ctx, model, pristine, method_params, data, predictions, logits)
+        self._store_and_reload(ctx, p, model, pristine, method_params, data, predictions, logits)
         self._time_inference(ctx, trainer, data, p)
 
     def _store_and_reload(
         self,
         ctx: RunContext,
+        p: AdaptTaskParams,
         model: torch.nn.Module,
         pristine: torch.nn.Module,
         method_params: Mapping[str, Any],
@@ -349,7 +350,6 @@ class AdaptScenario:
             rebuilt = ctx.method.attach(pristine, method_params, ctx)
             template = ctx.method.task_state(rebuilt, method_params)
             ctx.method.load_task_state(rebuilt, load_task_state(path, template), method_params)
-        p = ctx.task.params(**ctx.spec.task_params)
         reloaded = _Trainer(rebuilt, p, 0.0, ctx).logits(data.test_x)
         same = torch.equal(reloaded.argmax(-1).cpu(), predictions)
         recorder.record("model", "reload_max_abs_diff", float((reloaded - logits).abs().max()), "")
