@@ -2,8 +2,10 @@
 
 Everything a plugin author touches is defined here: the objects a plugin registers
 (scenarios, methods, tasks, built-in models, model sources, probes), the run context a
-scenario receives, and the rows a run produces. Plugins import from ``harness.api`` only;
-the rest of ``harness`` is private to the core.
+scenario receives, and the rows a run produces. A plugin imports ``harness.api``,
+``harness.hookimpl`` and the method protocol of a scenario it serves
+(``harness.scenarios.<name>_protocol``); the rest of ``harness`` is private to the core
+(docs/architecture.md, "Import rules"; the test suite enforces it).
 
 This module imports neither torch nor transformers so that discovery, ``harness list`` and
 ``--dry-run`` stay fast.
@@ -12,18 +14,21 @@ This module imports neither torch nor transformers so that discovery, ``harness 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:
-    from harness.probes.timing import TimingResult
+from harness.columns import CORE_COSTS, CostColumn, CostPlot, QualityColumn, ResultColumns
 
 __all__ = [
+    "CORE_COSTS",
     "RESERVED_MODEL_KEYS",
     "STATUSES",
+    "CostColumn",
+    "CostPlot",
     "MeasureSettings",
     "Method",
     "MetricRow",
@@ -33,12 +38,15 @@ __all__ = [
     "Params",
     "PhaseResult",
     "Probe",
+    "QualityColumn",
     "Recorder",
+    "ResultColumns",
     "RunContext",
     "RunSpec",
     "SampleRow",
     "Scenario",
     "Task",
+    "TimingResult",
     "Unsupported",
 ]
 
@@ -76,6 +84,36 @@ class MeasureSettings(Params):
     min_seconds: float = 1.0
     max_seconds: float = 60.0
     max_cv: float | None = 0.25
+
+
+@dataclass(frozen=True)
+class TimingResult:
+    """What one timed loop measured: raw per-iteration samples plus their summary.
+
+    ``cold_ms`` is the first call, timed alone (it includes lazy initialisation, compilation,
+    autotuning), and is not among ``samples_ms``. ``clock`` is ``"cuda_event"`` or
+    ``"perf_counter"``. ``stats`` holds the summary of ``harness.probes.timing.summarize``.
+    """
+
+    samples_ms: tuple[float, ...]
+    cold_ms: float
+    warmup: int
+    stats: dict[str, float]
+    clock: str
+
+    def invalid_reasons(self, measure: MeasureSettings) -> list[str]:
+        """Why this loop misses the suite's measurement rules (empty when it is valid)."""
+        reasons: list[str] = []
+        n = len(self.samples_ms)
+        if n < measure.min_repeats:
+            reasons.append(f"n={n} < min_repeats={measure.min_repeats}")
+        measured_s = math.fsum(self.samples_ms) / 1e3
+        if measured_s < measure.min_seconds:
+            reasons.append(f"measured {measured_s:.3g} s < min_seconds={measure.min_seconds}")
+        cv = self.stats.get("cv", math.nan)
+        if measure.max_cv is not None and not math.isnan(cv) and cv > measure.max_cv:
+            reasons.append(f"cv {cv:.2f} > max_cv {measure.max_cv}")
+        return reasons
 
 
 @dataclass(frozen=True)
@@ -281,6 +319,9 @@ class Scenario(Protocol):
 
     ``method_protocol`` names the attributes a method must provide to take part (checked
     when a suite is validated); ``model_kinds`` the kinds it asks ``load_model`` for.
+    An optional ``columns`` (:class:`ResultColumns`) declares its quality metrics, its own
+    cost columns and the quality-versus-cost plots it wants on the leaderboard; without one
+    it gets the core's cost columns and plots, and every quality metric it records.
     """
 
     name: str
@@ -309,12 +350,21 @@ class Method(Protocol):
 
 @runtime_checkable
 class Task(Protocol):
-    """Data plus metric for one scenario. ``params`` is its schema (defaults shown in list)."""
+    """Data plus metric for one scenario. ``params`` is its schema (defaults shown in list).
+
+    ``data(params, seed, **inputs)`` yields the task's data for one run, in the form its
+    scenario's protocol names (held-out text, episodes, train/val/test splits, a stream of
+    tasks). ``inputs`` are what that scenario hands every task of its kind (e.g. the
+    tokenizer); a task that needs no seed ignores it.
+    """
 
     name: str
     description: str
     scenario: str
     params: type[Params]
+
+    def data(self, params: Any, seed: int, **inputs: Any) -> Any:
+        ...
 
 
 @runtime_checkable

@@ -2,8 +2,9 @@
 
 On CUDA each iteration is bracketed by a pair of CUDA events and the host synchronizes once
 at the end (optimum-benchmark's latency tracker), so per-iteration sync overhead never enters
-the numbers; elsewhere ``time.perf_counter_ns`` brackets each call. Raw samples are kept, and
-``TimingResult.invalid_reasons`` applies the suite's validity rules (MLPerf LoadGen's idea).
+the numbers; elsewhere ``time.perf_counter_ns`` brackets each call. Raw samples are kept;
+``harness.api.TimingResult.invalid_reasons`` applies the suite's validity rules (MLPerf
+LoadGen's idea).
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from harness.api import MeasureSettings
+from harness.api import MeasureSettings, TimingResult
 
 __all__ = ["STAT_KEYS", "LoopTimer", "TimingResult", "summarize", "time_callable"]
 
@@ -25,36 +24,6 @@ STAT_KEYS = (
     "n", "total_ms", "mean", "std", "cv", "median", "iqr",
     "p10", "p25", "p75", "p90", "p99", "min", "max",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class TimingResult:
-    """What one timed loop measured: raw per-iteration samples plus their summary.
-
-    ``cold_ms`` is the first call, timed alone (it includes lazy initialisation, compilation,
-    autotuning), and is not among ``samples_ms``. ``clock`` is ``"cuda_event"`` or
-    ``"perf_counter"``.
-    """
-
-    samples_ms: tuple[float, ...]
-    cold_ms: float
-    warmup: int
-    stats: dict[str, float]
-    clock: str
-
-    def invalid_reasons(self, measure: MeasureSettings) -> list[str]:
-        """Why this loop misses the suite's measurement rules (empty when it is valid)."""
-        reasons: list[str] = []
-        n = len(self.samples_ms)
-        if n < measure.min_repeats:
-            reasons.append(f"n={n} < min_repeats={measure.min_repeats}")
-        measured_s = math.fsum(self.samples_ms) / 1e3
-        if measured_s < measure.min_seconds:
-            reasons.append(f"measured {measured_s:.3g} s < min_seconds={measure.min_seconds}")
-        cv = self.stats.get("cv", math.nan)
-        if measure.max_cv is not None and not math.isnan(cv) and cv > measure.max_cv:
-            reasons.append(f"cv {cv:.2f} > max_cv {measure.max_cv}")
-        return reasons
 
 
 def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
