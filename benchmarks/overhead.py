@@ -32,7 +32,7 @@ methods:
   - name: rtn
     grid: {bits: [2, 3, 4, 8], group_size: [16, 32, 64, 128, 256]}
 seeds: [0, 1, 2, 3, 4]
-measure: {warmup: 1, min_repeats: 5, min_seconds: 0.2, max_cv: null}
+measure: {warmup: 1, min_repeats: 5, min_seconds: 0.2, rel_precision: null}
 """
 
 

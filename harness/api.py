@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from harness.columns import CORE_COSTS, CostColumn, CostPlot, QualityColumn, ResultColumns
 
@@ -74,16 +74,52 @@ class NoParams(Params):
 class MeasureSettings(Params):
     """How long timed loops run, and when a run counts as valid (MLPerf LoadGen's idea).
 
-    A timed loop repeats until both ``min_repeats`` and ``min_seconds`` hold, stopping
-    early only at ``max_seconds``; a run that ends below either minimum, or whose timing CV
-    exceeds ``max_cv``, is stored with status ``invalid`` and the reason.
+    A timed loop samples until ``min_repeats`` and ``min_seconds`` hold and the median's 95 %
+    confidence interval is within ``rel_precision`` of the median (relative half-width;
+    None: no precision target), stopping early only at ``max_seconds`` of loop wall time. A
+    run that ends below either minimum, or short of the precision, is stored with status
+    ``invalid`` and the reason.
+
+    ``max_cv`` is deprecated: the CV no longer decides validity (one stall among fast
+    iterations inflates it while the median barely moves). Set alone, its value is read as
+    ``rel_precision`` (``max_cv: null`` as no precision target).
     """
 
     warmup: int = 3
     min_repeats: int = 10
     min_seconds: float = 1.0
     max_seconds: float = 60.0
-    max_cv: float | None = 0.25
+    rel_precision: float | None = 0.05
+    max_cv: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_cv_means_rel_precision(cls, data: Any) -> Any:
+        """A deprecated ``max_cv`` set without ``rel_precision`` is read as ``rel_precision``.
+
+        Only a number or null is carried over; anything else is left for the field's own
+        validation to report under ``max_cv``.
+        """
+        if not isinstance(data, Mapping) or "max_cv" not in data or "rel_precision" in data:
+            return data
+        value = data["max_cv"]
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return {**data, "rel_precision": value}
+        return data
+
+
+def _fmt(value: float) -> str:
+    """A latency with three significant digits (``6.10``, ``123``, ``0.0412``)."""
+    if not math.isfinite(value) or value == 0:
+        return f"{value:g}"
+    decimals = min(6, max(0, 2 - math.floor(math.log10(abs(value)))))
+    return f"{value:.{decimals}f}"
+
+
+def _pct(ratio: float) -> str:
+    """A ratio as a percentage: ``13 %``, ``5 %``, ``2.5 %``."""
+    value = ratio * 100
+    return f"{value:.0f} %" if abs(value) >= 10 else f"{value:.2g} %"
 
 
 @dataclass(frozen=True)
@@ -93,6 +129,8 @@ class TimingResult:
     ``cold_ms`` is the first call, timed alone (it includes lazy initialisation, compilation,
     autotuning), and is not among ``samples_ms``. ``clock`` is ``"cuda_event"`` or
     ``"perf_counter"``. ``stats`` holds the summary of ``harness.probes.timing.summarize``.
+    ``wall_s`` is the timed loop's wall time when a harness loop took the samples (None for
+    samples a scenario collected itself).
     """
 
     samples_ms: tuple[float, ...]
@@ -100,6 +138,7 @@ class TimingResult:
     warmup: int
     stats: dict[str, float]
     clock: str
+    wall_s: float | None = None
 
     def invalid_reasons(self, measure: MeasureSettings) -> list[str]:
         """Why this loop misses the suite's measurement rules (empty when it is valid)."""
@@ -110,10 +149,34 @@ class TimingResult:
         measured_s = math.fsum(self.samples_ms) / 1e3
         if measured_s < measure.min_seconds:
             reasons.append(f"measured {measured_s:.3g} s < min_seconds={measure.min_seconds}")
-        cv = self.stats.get("cv", math.nan)
-        if measure.max_cv is not None and not math.isnan(cv) and cv > measure.max_cv:
-            reasons.append(f"cv {cv:.2f} > max_cv {measure.max_cv}")
+        precision = self.precision_reason(measure)
+        if precision is not None:
+            reasons.append(precision)
         return reasons
+
+    def precision_reason(self, measure: MeasureSettings) -> str | None:
+        """Why the median is not known within ``measure.rel_precision``; None when it is
+        (or when there is no precision target). Reads the interval from ``stats``."""
+        target = measure.rel_precision
+        if target is None:
+            return None
+        n = len(self.samples_ms)
+        lo, hi, rel = (self.stats.get(k, math.nan)
+                       for k in ("median_ci_lo", "median_ci_hi", "median_rel_ci"))
+        if not math.isnan(rel) and rel <= target:
+            return None
+        if self.wall_s is not None:
+            after = f"after {self.wall_s:.1f} s"
+        else:
+            measured_s = math.fsum(self.samples_ms) / 1e3
+            after = f"after {n} samples ({measured_s:.3g} s measured)"
+        head = f"median not within {_pct(target)} {after}"
+        if any(k not in self.stats for k in ("median_ci_lo", "median_ci_hi", "median_rel_ci")):
+            return f"{head}: no confidence interval in the stats (n={n})"
+        if math.isnan(lo) or math.isnan(hi):
+            return f"{head}: too few samples for a 95 % confidence interval (n={n}, needs 6)"
+        spread = f"±{_pct(rel)}" if not math.isnan(rel) else "relative width unknown"
+        return f"{head}: 95 % CI {_fmt(lo)}–{_fmt(hi)} ms ({spread}, n={n})"
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,26 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def busy_hosts(specs: dict[str, RunSpec], results: list[dict[str, Any]]) -> list[str]:
+    """One line per run whose timed phases ran on a busy host, with the diagnosis."""
+    from harness.probes.host_load import busy_host_reason
+
+    lines = []
+    for result in results:
+        phases: dict[str, dict[str, float | None]] = {}
+        timed = set()
+        for m in result["metrics"]:
+            if m["stat"] in ("value", "max"):
+                phases.setdefault(m["phase"], {})[m["metric"]] = m["value"]
+            if m["metric"] == "latency" and m["stat"] == "median":
+                timed.add(m["phase"])
+        found = [f"{phase}: {reason}" for phase in sorted(timed)
+                 if (reason := busy_host_reason(phases.get(phase, {})))]
+        if found:
+            lines.append(f"{specs[result['run_key']].label}: {'; '.join(found)}")
+    return lines
+
+
 def summary_table(specs: dict[str, RunSpec], results: list[dict[str, Any]]) -> Table:
     """One row per run executed now: status, quality metric, latency, peak memory.
 
@@ -199,8 +219,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             plugins, suite.device, cache_dir, isolation=suite.isolation,
             base_dir=suite.path.parent, workers=suite.workers,
         )
+    from harness.probes.host_load import host_busy_now
+
+    busy = host_busy_now()
+    if busy:
+        console.print(f"[yellow]warning:[/] {escape(busy)} before the first run: timings will "
+                      "be noisier, and runs that can't reach measure.rel_precision are stored "
+                      "as invalid")
     store = Store(args.db)
-    driver = Driver(suite, store, plugins, executor, RichReporter())
+    scenario = components.scenarios.get(suite.scenario)
+    driver = Driver(suite, store, plugins, executor, RichReporter(),
+                    columns=getattr(scenario, "columns", None))
     try:
         outcome = driver.run(rerun=args.rerun, retry_failed=args.retry_failed)
     except KeyboardInterrupt:
@@ -209,6 +238,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = {spec.run_key: spec for spec in suite.runs}
     if outcome.results:
         out.print(summary_table(specs, outcome.results))
+        busy = busy_hosts(specs, outcome.results)
+        if busy:
+            console.print(f"[yellow]{len(busy)} run(s) were timed on a busy host "
+                          "(their timings are noisier; see each run's page):[/]")
+            for line in busy:
+                console.print(f"  {escape(line)}")
     counts: dict[str, int] = {}
     for result in outcome.results:
         counts[result["status"]] = counts.get(result["status"], 0) + 1
@@ -268,11 +303,18 @@ def _params_text(schema: Any) -> str:
     return "\n".join(parts) or "—"
 
 
+def _columns_text(columns: Any) -> str:
+    """A scenario's declared leaderboard columns and plots, one per line."""
+    lines = columns.describe() if columns is not None else []
+    return "\n".join(lines) or "core columns only"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     plugins, components = _load(args.plugin)
     what = args.what
     sections = {
-        "scenarios": (components.scenarios, ("name", "plugin", "method protocol", "description")),
+        "scenarios": (components.scenarios, ("name", "plugin", "method protocol", "columns",
+                                             "description")),
         "methods": (components.methods, ("name", "plugin", "version", "scenarios", "params",
                                          "description")),
         "tasks": (components.tasks, ("name", "plugin", "scenario", "params", "description")),
@@ -300,6 +342,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "plugin": registry.plugin_of(name),
                 "description": getattr(item, "description", ""),
                 "method protocol": ", ".join(getattr(item, "method_protocol", ())),
+                "columns": _columns_text(getattr(item, "columns", None)),
                 "version": str(getattr(item, "version", "")),
                 "scenarios": ", ".join(getattr(item, "scenarios", ())),
                 "scenario": getattr(item, "scenario", ""),
@@ -356,8 +399,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import ReportError, build_site, serve
     from harness.store import StoreError
 
+    # Installed scenarios' declarations stand in for those a store written before stores
+    # kept them lacks; the store's own come first.
+    _, components = _load(args.plugin)
+    declared = {name: scenario.columns for name, scenario in components.scenarios
+                if getattr(scenario, "columns", None) is not None}
     try:
-        summary = build_site(args.db, args.out, title=args.title, suites=args.suite)
+        summary = build_site(args.db, args.out, title=args.title, suites=args.suite,
+                             columns=declared)
     except (ReportError, StoreError, FileNotFoundError) as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 1
@@ -438,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--serve", action="store_true",
                      help="then preview it on http://127.0.0.1:PORT/ until Ctrl-C")
     rep.add_argument("--port", type=int, default=8000, help="preview port (default 8000)")
+    rep.add_argument("-p", dest="plugin", action="append", default=[], help=plugin_help)
     rep.set_defaults(func=cmd_report)
 
     new = sub.add_parser("new-plugin", help="scaffold a plugin package that runs as generated")

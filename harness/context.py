@@ -18,10 +18,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
-from harness.api import RESERVED_MODEL_KEYS, PhaseResult, Recorder, RunSpec, Unsupported
+from harness.api import (
+    RESERVED_MODEL_KEYS,
+    MeasureSettings,
+    PhaseResult,
+    Recorder,
+    RunSpec,
+    Unsupported,
+)
 from harness.plugins import PluginSet, probes_for
 from harness.probes.counters import count_parameters
-from harness.probes.timing import TimingResult, time_callable
+from harness.probes.host_load import busy_host_reason
+from harness.probes.timing import TimingResult, record_latency, time_callable
 from harness.registry import Components
 
 
@@ -47,6 +55,23 @@ def _guarded(probe: Any, phase: str, recorder: Recorder) -> Iterator[None]:
                 manager.__exit__(*sys.exc_info())
             except Exception as exc:
                 recorder.unavailable(phase, f"{probe.name}_probe", "", f"probe failed: {exc!r}")
+
+
+def _with_host_diagnosis(
+    timing: TimingResult, measure: MeasureSettings, readings: dict[str, float | None]
+) -> list[str]:
+    """The loop's invalid reasons; the precision miss (else the last reason) gets the host
+    diagnosis of the same phase appended (the host-load probe's figures in ``readings``)."""
+    reasons = timing.invalid_reasons(measure)
+    if not reasons:
+        return reasons
+    diagnosis = busy_host_reason(readings)
+    if diagnosis is None:
+        return reasons
+    precision = timing.precision_reason(measure)
+    at = reasons.index(precision) if precision in reasons else len(reasons) - 1
+    reasons[at] = f"{reasons[at]}: {diagnosis}"
+    return reasons
 
 
 class Context:
@@ -106,11 +131,8 @@ class Context:
         record = self.recorder.record
         with self.phase(phase) as probed:
             timing = time_callable(fn, self.spec.measure, self.device)
-        for stat, value in timing.stats.items():
-            unit = "count" if stat == "n" else ("" if stat == "cv" else "ms")
-            record(phase, "latency", value, unit, stat=stat)
+        record_latency(self.recorder, phase, timing.samples_ms, timing.stats)
         record(phase, "latency", timing.cold_ms, "ms", stat="cold")
-        self.recorder.record_samples(phase, "latency", "ms", timing.samples_ms)
         if items:
             record(phase, "throughput", items / (timing.stats["median"] / 1e3),
                    f"{item_unit}/s", stat="median")
@@ -121,7 +143,7 @@ class Context:
                                           "no energy reading for this phase (see 'energy')")
             else:
                 record(phase, "energy_per_item", energy / (calls * items), f"J/{item_unit}")
-        for reason in timing.invalid_reasons(self.spec.measure):
+        for reason in _with_host_diagnosis(timing, self.spec.measure, probed.metrics):
             self.recorder.mark_invalid(f"{phase}: {reason}")
         return timing
 

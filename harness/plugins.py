@@ -35,7 +35,7 @@ OWN_DISTRIBUTION = "harness-bench"
 REQUIRED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "scenarios": ("name", "description", "method_protocol", "run"),
     "methods": ("name", "version", "description", "scenarios", "params"),
-    "tasks": ("name", "description", "scenario", "params"),
+    "tasks": ("name", "description", "scenario", "params", "data"),
     "models": ("name", "description", "kinds", "prepare"),
     "model_sources": ("name", "description", "load"),
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness import __version__
-from harness.api import RunSpec
+from harness.api import ResultColumns, RunSpec
 from harness.executors import Executor
 from harness.plugins import PluginSet, notify
 from harness.store import Store
@@ -96,8 +96,12 @@ class Driver:
         plugins: PluginSet,
         executor: Executor,
         reporter: Reporter,
+        columns: ResultColumns | None = None,
     ) -> None:
+        """``columns`` is what the suite's scenario declares about its leaderboard; it is
+        kept in the store beside the results (docs/architecture.md, "One way through")."""
         self.suite = suite
+        self.columns = columns
         self.store = store
         self.plugins = plugins
         self.executor = executor
@@ -108,6 +112,8 @@ class Driver:
         suite = self.suite
         suite_id = self.store.record_suite(suite.name, str(suite.path), suite.description,
                                            suite.text)
+        if self.columns is not None:
+            self.store.record_columns(suite.scenario, self.columns.to_json())
         statuses = self.store.statuses([spec.run_key for spec in suite.runs])
         pending = select_pending(suite.runs, statuses, rerun=rerun, retry_failed=retry_failed)
         outcome = SuiteOutcome(skipped=len(suite.runs) - len(pending))

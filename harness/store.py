@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from harness.api import STATUSES
+from harness.canonical import canonical_json, config_key
 
 __all__ = [
     "MIGRATIONS",
@@ -131,9 +132,65 @@ CREATE INDEX metrics_run_key ON metrics (run_key);
 CREATE INDEX samples_run_key ON samples (run_key);
 """
 
+# v2: what each scenario declares about its leaderboard columns (harness.columns), kept with
+# the results so a site shows them without loading the scenario's plugin.
+_SCENARIO_COLUMNS_V2 = """
+CREATE TABLE scenario_columns (
+    scenario TEXT PRIMARY KEY,
+    columns JSON,
+    recorded_at TIMESTAMP
+);
+"""
+
+
+def _rekey_without_validity_settings(con: duckdb.DuckDBPyConnection) -> None:
+    """v3: run keys stop hashing the measure settings that only decide validity.
+
+    ``max_cv`` (deprecated) and ``rel_precision`` change no measurement, only its verdict,
+    so a stored run keyed with them is re-keyed from its stored config without them: a
+    suite run again resumes instead of measuring everything anew. Runs whose configs now
+    coincide (they differed only in ``max_cv``) keep the latest finished one.
+    """
+    dropped = ("max_cv", "rel_precision")
+    moves: dict[str, tuple[str, str]] = {}
+    latest: dict[str, tuple[Any, str]] = {}
+    for key, text, finished in con.execute(
+        "SELECT run_key, CAST(config AS VARCHAR), finished_at FROM runs"
+    ).fetchall():
+        config = json.loads(text) if text else None
+        measure = config.get("measure") if isinstance(config, dict) else None
+        if not isinstance(measure, dict) or not set(measure) & set(dropped):
+            continue
+        config["measure"] = {k: v for k, v in measure.items() if k not in dropped}
+        new_key = config_key(config)
+        moves[key] = (new_key, canonical_json(config))
+        rank = (finished is not None, finished or datetime.min, key)
+        if new_key not in latest or rank > latest[new_key][0]:
+            latest[new_key] = (rank, key)
+    if not moves:
+        return
+    keep = {old for _, old in latest.values()}
+    con.execute("CREATE TEMP TABLE rekey (old TEXT, new TEXT, config JSON, keep BOOLEAN)")
+    con.executemany("INSERT INTO rekey VALUES (?, ?, ?, ?)",
+                    [(old, new, config, old in keep) for old, (new, config) in moves.items()])
+    # Rows are moved by insert-then-delete: DuckDB does not update indexed key columns.
+    con.execute("INSERT INTO runs SELECT r.* REPLACE (k.new AS run_key, k.config AS config) "
+                "FROM runs AS r JOIN rekey AS k ON r.run_key = k.old WHERE k.keep")
+    for table in ("metrics", "samples"):
+        con.execute(f"INSERT INTO {table} SELECT t.* REPLACE (k.new AS run_key) "
+                    f"FROM {table} AS t JOIN rekey AS k ON t.run_key = k.old WHERE k.keep")
+    con.execute("INSERT INTO suite_runs SELECT DISTINCT s.suite_id, k.new FROM suite_runs AS s "
+                "JOIN rekey AS k ON s.run_key = k.old ON CONFLICT DO NOTHING")
+    for table in ("runs", "metrics", "samples", "suite_runs"):
+        con.execute(f"DELETE FROM {table} WHERE run_key IN (SELECT old FROM rekey)")
+    con.execute("DROP TABLE rekey")
+
+
 #: ``MIGRATIONS[i]`` upgrades a file from schema version ``i`` to ``i + 1``; the code's
 #: version is ``len(MIGRATIONS)``. Append new steps; never edit a released one.
-MIGRATIONS: list[Migration] = [_SCHEMA_V1]
+MIGRATIONS: list[Migration] = [
+    _SCHEMA_V1, _SCENARIO_COLUMNS_V2, _rekey_without_validity_settings,
+]
 
 _RUN_COLUMNS = (
     "run_key", "scenario", "model", "model_config", "task", "task_params", "method",
@@ -182,12 +239,9 @@ def suite_id_for(name: str, text: str) -> str:
     return hashlib.sha256(f"{name}\0{text}".encode()).hexdigest()[:16]
 
 
-def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
 def _json_or_none(value: Any) -> str | None:
-    return None if value is None else _canonical_json(value)
+    """A JSON column's text: canonical JSON, a value it can't hold kept as its ``str``."""
+    return None if value is None else canonical_json(value, default=str)
 
 
 def _utc(epoch_s: float | None) -> datetime | None:
@@ -302,13 +356,22 @@ class Store:
             )
         return suite_id
 
+    def record_columns(self, scenario: str, columns_json: str) -> None:
+        """Keep what ``scenario`` declares about its leaderboard columns (its
+        ``ResultColumns.to_json()``); the latest declaration replaces an earlier one."""
+        with self._connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO scenario_columns VALUES (?, ?, ?)",
+                [scenario, columns_json, _now()],
+            )
+
     def record_environment(self, env: Mapping[str, Any]) -> str:
         """Store a machine description once; its id is a hash of its canonical JSON.
 
         Known keys fill the columns of the same name so reports can filter on them; the
         whole mapping is kept in ``details`` so nothing a probe found is lost.
         """
-        details = _canonical_json(env)
+        details = canonical_json(env, default=str)
         env_id = hashlib.sha256(details.encode()).hexdigest()[:16]
         columns = ", ".join(_ENV_COLUMNS)
         marks = ", ".join("?" for _ in range(len(_ENV_COLUMNS) + 2))

@@ -44,9 +44,10 @@ def test_smoke_suite_runs_every_method_with_quality_and_cost(smoke_db):
     _, rows = query(smoke_db, "SELECT method, status, error FROM runs")
     assert {method for method, _, _ in rows} >= {"dense", "rtn", "magnitude"}
     for method, status, error in rows:
-        # A noisy machine may push the timing CV over max_cv: the verdict is then `invalid`
-        # with the reason, which is the harness doing its job, not a failed run.
-        assert status == "ok" or (status == "invalid" and "forward: cv" in error), (
+        # A busy machine may keep the median's CI wider than rel_precision: the verdict is
+        # then `invalid` with the reason, which is the harness doing its job, not a failure.
+        assert status == "ok" or (status == "invalid"
+                                  and "forward: median not within" in error), (
             method, status, error)
     _, metrics = query(smoke_db, """
         SELECT DISTINCT metric FROM metrics WHERE value IS NOT NULL""")

@@ -53,3 +53,26 @@ def test_lifecycle_hook_errors_are_reported_per_plugin():
     plugins = load_plugins([str(FIXTURES / "raising_hook.py")])
     errors = notify(plugins, "harness_run_finish", run=None, result={})
     assert errors == ["plugin 'raising_hook': harness_run_finish: RuntimeError: observer broke"]
+
+
+def test_a_task_without_data_is_refused_and_named(tmp_path: Path):
+    module = tmp_path / "dataless_task.py"
+    module.write_text(
+        "from harness import hookimpl\n"
+        "from harness.api import NoParams\n\n"
+        "class OldStyle:\n"
+        "    name = 'old-style'\n"
+        "    description = 'yields its text through eval_text, not data'\n"
+        "    scenario = 'perplexity'\n"
+        "    params = NoParams\n\n"
+        "    def eval_text(self, params):\n"
+        "        return 'text'\n\n"
+        "@hookimpl\n"
+        "def harness_add_tasks():\n"
+        "    return [OldStyle()]\n"
+    )
+    plugins = load_plugins([str(module)])
+    components = load_components(plugins)
+    assert "lacks data" in plugins.failures["dataless_task"]
+    assert "old-style" not in components.tasks
+    assert "stdlib-text" in components.tasks

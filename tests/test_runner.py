@@ -30,7 +30,7 @@ def write_suite(tmp_path: Path, methods: str, *, seeds: str = "[0]", extra: str 
         "methods:" + ("\n" if methods_block.lstrip().startswith("-") else " ") + (
             methods_block if methods_block.lstrip().startswith("-") else methods_block.strip()),
         f"seeds: {seeds}",
-        "measure: {warmup: 1, min_repeats: 3, min_seconds: 0.01, max_cv: null}",
+        "measure: {warmup: 1, min_repeats: 3, min_seconds: 0.01, rel_precision: null}",
         "limits: {timeout: 4}",
         extra,
     ]) + "\n")

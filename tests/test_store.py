@@ -92,10 +92,11 @@ def rows(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any,
 
 def test_new_store_is_at_current_schema_version(db: Path) -> None:
     Store(db)
-    assert rows(db, "SELECT version FROM schema_version") == [(len(store_mod.MIGRATIONS),)]
+    assert rows(db, "SELECT max(version) FROM schema_version") == [(len(store_mod.MIGRATIONS),)]
     tables = {t for (t,) in rows(db, "SELECT table_name FROM duckdb_tables()")}
     assert tables == {
         "schema_version", "suites", "runs", "suite_runs", "metrics", "samples", "environments",
+        "scenario_columns",
     }  # fmt: skip
 
 
@@ -283,11 +284,11 @@ def test_export_parquet(store: Store, db: Path, tmp_path: Path) -> None:
     assert {f.name for f in files} == {
         f"{t}.parquet"
         for t in ("schema_version", "suites", "runs", "suite_runs", "metrics", "samples",
-                  "environments")
+                  "environments", "scenario_columns")
     }  # fmt: skip
     expected = {
-        "schema_version": 1, "suites": 1, "runs": 2, "suite_runs": 2, "metrics": 6,
-        "samples": 2, "environments": 1,
+        "schema_version": len(store_mod.MIGRATIONS), "suites": 1, "runs": 2, "suite_runs": 2,
+        "metrics": 6, "samples": 2, "environments": 1, "scenario_columns": 0,
     }  # fmt: skip
     for f in files:
         ((count,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{f}')").fetchall()
@@ -298,7 +299,8 @@ def test_export_parquet(store: Store, db: Path, tmp_path: Path) -> None:
 
 def test_migrations_apply_once_and_keep_data(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Store(db).commit_run("s", make_run(), make_result())
-    assert rows(db, "SELECT version FROM schema_version") == [(1,)]
+    current = len(store_mod.MIGRATIONS)
+    assert rows(db, "SELECT max(version) FROM schema_version") == [(current,)]
 
     calls: list[int] = []
 
@@ -314,7 +316,8 @@ def test_migrations_apply_once_and_keep_data(db: Path, monkeypatch: pytest.Monke
     upgraded = Store(db)
     Store(db)  # an up-to-date file is left alone
     assert calls == [1]
-    assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
+    assert rows(db, "SELECT version FROM schema_version ORDER BY version") == [
+        (v,) for v in range(1, current + 3)]
     assert rows(db, "SELECT run_key, status, note FROM runs") == [("k1", "ok", "migrated k1")]
     assert rows(db, "SELECT count(*) FROM metrics") == [(3,)]
     upgraded.commit_run("s", make_run("k2"), make_result())
@@ -323,14 +326,16 @@ def test_migrations_apply_once_and_keep_data(db: Path, monkeypatch: pytest.Monke
 
 def test_failed_migration_rolls_back(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Store(db)
+    current = len(store_mod.MIGRATIONS)
     monkeypatch.setattr(
         store_mod,
         "MIGRATIONS",
         [*store_mod.MIGRATIONS, "ALTER TABLE runs ADD COLUMN note TEXT", "SELECT * FROM nope"],
     )
-    with pytest.raises(StoreError, match=r"schema version 3 failed \(nothing was changed\)"):
+    with pytest.raises(StoreError, match=rf"schema version {current + 2} failed \(nothing was "
+                                         r"changed\)"):
         Store(db)
-    assert rows(db, "SELECT max(version) FROM schema_version") == [(1,)]
+    assert rows(db, "SELECT max(version) FROM schema_version") == [(current,)]
     columns = [c for (c,) in rows(db, "SELECT column_name FROM duckdb_columns() "
                                       "WHERE table_name = 'runs'")]  # fmt: skip
     assert "note" not in columns

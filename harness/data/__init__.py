@@ -1,1 +1,4 @@
-"""Built-in offline data: corpora that need no download (DESIGN.md, "Offline by default")."""
+"""Built-in offline data: corpora that need no download.
+
+See docs/architecture.md, "Offline by default".
+"""

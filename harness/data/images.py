@@ -2,7 +2,8 @@
 
 VTAB-1k adapts a backbone on 800 training and 200 validation images per task and tests on a
 held-out set. The hub datasets it uses are out of reach offline, so this module builds tasks
-from a seed and from data shipped with scikit-learn (DESIGN.md, "Offline by default"):
+from a seed and from data shipped with scikit-learn (docs/architecture.md, "Offline by
+default"):
 
 - :func:`digits_shift` — scikit-learn's 8x8 digits, each rescaled and pasted at a random
   position on a noisy canvas. Plain upsampled digits are saturated (raw-pixel logistic

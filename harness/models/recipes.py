@@ -1,4 +1,5 @@
-"""What the built-in models share: recipe hashes, thread counts, and building into the cache.
+"""What the built-in models share: recipe hashes, thread counts, the optimizer, the
+``recipe.json`` a training run ends with, and building into the cache.
 
 A built-in model is made by a recipe (a JSON-able dict) and cached under a directory named
 by the recipe's hash, so a cached model always matches the recipe that names it.
@@ -11,12 +12,13 @@ import copy
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +34,8 @@ __all__ = [
     "log_progress",
     "recipe_hash",
     "torch_threads",
+    "warmup_cosine",
+    "write_recipe_json",
     "write_trained",
 ]
 
@@ -72,9 +76,46 @@ def adamw(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def warmup_cosine(step: int, recipe: Mapping[str, Any]) -> float:
+    """The learning-rate factor of ``step``: linear warmup over the recipe's
+    ``schedule.warmup_steps``, then cosine decay to ``schedule.final_lr_ratio`` of the peak at
+    the last of ``recipe["steps"]``."""
+    schedule = recipe["schedule"]
+    warmup = schedule["warmup_steps"]
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, recipe["steps"] - warmup)
+    final = schedule["final_lr_ratio"]
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def log_progress(line: str) -> None:
     """A timestamped training-progress line on stderr."""
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def write_recipe_json(
+    out_dir: Path,
+    recipe: Mapping[str, Any],
+    losses: Sequence[float],
+    *,
+    hashed: bool = True,
+    **results: Any,
+) -> dict[str, Any]:
+    """End a training run: write ``out_dir/recipe.json`` and return what it holds.
+
+    That is the recipe, its hash (left out when not ``hashed``), ``final_train_loss`` (the mean
+    of the last tenth of ``losses``, at least one) and then ``results`` in the order given
+    (held-out quality, ``train_seconds``, ...). The file is sorted, indented JSON.
+    """
+    tail = losses[-max(1, len(losses) // 10) :]
+    info: dict[str, Any] = {"recipe": recipe}
+    if hashed:
+        info["recipe_hash"] = recipe_hash(recipe)
+    info["final_train_loss"] = sum(tail) / len(tail)
+    info.update(results)
+    (out_dir / "recipe.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
 
 
 def write_trained(out: Path, build: Callable[[Path], T], *, replace: bool = False) -> T:

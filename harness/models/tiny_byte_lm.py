@@ -10,14 +10,19 @@ directory, so a cached model always matches the recipe that names it.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.models.recipes import RecipeModel, adamw, torch_threads
+from harness.models.recipes import (
+    RecipeModel,
+    adamw,
+    torch_threads,
+    warmup_cosine,
+    write_recipe_json,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -58,17 +63,6 @@ def _byte_ids(data: bytes, offset: int) -> torch.Tensor:
     import torch
 
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long() + offset
-
-
-def _lr_factor(step: int, recipe: Mapping[str, Any]) -> float:
-    """Linear warmup, then cosine decay to ``final_lr_ratio`` of the peak at the last step."""
-    schedule = recipe["schedule"]
-    warmup = schedule["warmup_steps"]
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, recipe["steps"] - warmup)
-    final = schedule["final_lr_ratio"]
-    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _heldout_bits_per_byte(model: Any, ids: torch.Tensor, recipe: Mapping[str, Any]) -> float:
@@ -116,7 +110,7 @@ def train_model(recipe: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     with torch_threads(recipe["torch_threads"]), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])
         model = LlamaForCausalLM(config)
-        optimizer, scheduler = adamw(model, recipe, lambda step: _lr_factor(step, recipe))
+        optimizer, scheduler = adamw(model, recipe, lambda step: warmup_cosine(step, recipe))
         order = torch.Generator().manual_seed(recipe["seed"])
         positions = torch.arange(seq_len)
         model.train()
@@ -133,17 +127,12 @@ def train_model(recipe: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
             losses.append(float(loss.detach()))
         train_seconds = time.perf_counter() - started
         bits = _heldout_bits_per_byte(model, _byte_ids(test_text, offset), recipe)
-    tail = losses[-max(1, len(losses) // 10) :]
-    info = {
-        "recipe": recipe,
-        "final_train_loss": sum(tail) / len(tail),
-        "heldout_bits_per_byte": bits,
-        "train_seconds": train_seconds,
-    }
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "recipe.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return info
+    return write_recipe_json(
+        out_dir, recipe, losses, hashed=False, heldout_bits_per_byte=bits,
+        train_seconds=train_seconds,
+    )  # fmt: skip
 
 
 class TinyByteLM(RecipeModel):

@@ -27,8 +27,8 @@ from harness.models.recipes import (
     RecipeModel,
     adamw,
     log_progress,
-    recipe_hash,
     torch_threads,
+    write_recipe_json,
     write_trained,
 )
 
@@ -357,17 +357,10 @@ def train_model(
             model, tokenizer, lengths=ev["lengths"], episodes=ev["episodes"], seed=ev["seed"],
             pairs=ev["pairs"], corpus=corpus, template=spec["template"], digits=spec["digits"],
         )  # fmt: skip
-    tail = losses[-max(1, len(losses) // 10) :]
-    info = {
-        "recipe": recipe,
-        "recipe_hash": recipe_hash(recipe),
-        "final_train_loss": sum(tail) / len(tail),
-        "heldout_exact_match": em,
-        "train_seconds": train_seconds,
-        "device": device,
-    }
-    (out_dir / "recipe.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return info
+    return write_recipe_json(
+        out_dir, recipe, losses, heldout_exact_match=em, train_seconds=train_seconds,
+        device=device,
+    )  # fmt: skip
 
 
 class TinyLlamaRetrieval(RecipeModel):

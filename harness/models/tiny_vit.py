@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,8 +34,9 @@ from harness.models.recipes import (
     RecipeModel,
     adamw,
     log_progress,
-    recipe_hash,
     torch_threads,
+    warmup_cosine,
+    write_recipe_json,
     write_trained,
 )
 
@@ -114,17 +114,6 @@ def pixel_values(images: np.ndarray, channels: int = 3) -> torch.Tensor:
     return x[:, None].expand(-1, channels, -1, -1).contiguous()
 
 
-def _lr_factor(step: int, recipe: Mapping[str, Any]) -> float:
-    """Linear warmup, then cosine decay to ``final_lr_ratio`` of the peak at the last step."""
-    schedule = recipe["schedule"]
-    warmup = schedule["warmup_steps"]
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, recipe["steps"] - warmup)
-    final = schedule["final_lr_ratio"]
-    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def evaluate(model: Any, data: Any, per_class: int, seed: int, batch: int = 500) -> float:
     """Held-out top-1 accuracy of ``model`` on ``per_class`` renders of every class of ``data``
     (a :class:`~harness.data.fractals.FractalDB`), computed in the model's dtype."""
@@ -192,7 +181,7 @@ def train_model(
     with torch_threads(recipe["torch_threads"]), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])
         model = ViTForImageClassification(config)
-        optimizer, scheduler = adamw(model, recipe, lambda step: _lr_factor(step, recipe))
+        optimizer, scheduler = adamw(model, recipe, lambda step: warmup_cosine(step, recipe))
         rng = np.random.default_rng([recipe["seed"], 0xBA7C])
         model.train()
         started = time.perf_counter()
@@ -220,16 +209,9 @@ def train_model(
         model.float()
         ev = recipe["eval"]
         accuracy = evaluate(model, data, ev["per_class"], ev["seed"])
-    tail = losses[-max(1, len(losses) // 10) :]
-    info = {
-        "recipe": recipe,
-        "recipe_hash": recipe_hash(recipe),
-        "final_train_loss": sum(tail) / len(tail),
-        "heldout_accuracy": accuracy,
-        "train_seconds": train_seconds,
-    }
-    (out_dir / "recipe.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return info
+    return write_recipe_json(
+        out_dir, recipe, losses, heldout_accuracy=accuracy, train_seconds=train_seconds
+    )
 
 
 class TinyViT(RecipeModel):

@@ -14,19 +14,23 @@ from typing import Any
 
 from harness.probes.counters import count_parameters, tensor_bytes
 from harness.probes.cuda_memory import CudaMemoryProbe
+from harness.probes.host_load import HostLoadProbe, busy_host_reason, host_busy_now
 from harness.probes.host_memory import HostMemoryProbe
 from harness.probes.nvml import NvmlProbe, gpu_inventory, visible_gpu_count
 from harness.probes.timing import LoopTimer, TimingResult, summarize, time_callable
 
 __all__ = [
     "CudaMemoryProbe",
+    "HostLoadProbe",
     "HostMemoryProbe",
     "LoopTimer",
     "NvmlProbe",
     "TimingResult",
+    "busy_host_reason",
     "count_parameters",
     "default_probes",
     "gpu_inventory",
+    "host_busy_now",
     "summarize",
     "tensor_bytes",
     "time_callable",
@@ -37,8 +41,8 @@ __all__ = [
 def default_probes(device: str) -> list[Any]:
     """The probes wrapped around every phase of a run on ``device``.
 
-    Host RAM always; the torch allocator and NVML for CUDA devices (on CPU they record
-    nulls with the reason, so the store shows *why* a GPU column is empty). Order matters
-    for nesting: the CUDA probe synchronizes before NVML takes its baseline.
+    Host RAM and host load always; the torch allocator and NVML for CUDA devices (on CPU
+    they record nulls with the reason, so the store shows *why* a GPU column is empty).
+    Order matters for nesting: the CUDA probe synchronizes before NVML takes its baseline.
     """
-    return [HostMemoryProbe(), CudaMemoryProbe(device), NvmlProbe(device)]
+    return [HostMemoryProbe(), HostLoadProbe(device), CudaMemoryProbe(device), NvmlProbe(device)]

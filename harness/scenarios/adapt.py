@@ -22,6 +22,12 @@ google/vit-base-patch16-224-in21k).
 
 The task model is rebuilt from the saved file on a fresh copy of the backbone and must give the
 very same test predictions; a run where it does not is marked ``invalid``.
+
+Task protocol: its params schema extends :class:`AdaptTaskParams`, and
+``data(params, seed) -> ImageSplits`` (:class:`harness.data.images.ImageSplits`: train, val and
+test images and labels) gives its splits. The scenario passes the task's ``split_seed`` as
+``seed`` (no inputs), so the split does not depend on the run's seed; the splits of the last few
+tasks are kept in memory for the next run of the same worker.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from harness.api import Params, RunContext
-from harness.probes.timing import LoopTimer, summarize
+from harness.api import CostColumn, CostPlot, Params, QualityColumn, ResultColumns, RunContext
+from harness.probes.timing import LoopTimer, record_latency, summarize
 from harness.scenarios.adapt_protocol import load_task_state, save_task_state
 
 if TYPE_CHECKING:
@@ -88,12 +94,12 @@ class _Generated:
     params: type[AdaptTaskParams]
     builder: str
 
-    def splits(self, p: AdaptTaskParams) -> ImageSplits:
+    def data(self, p: AdaptTaskParams, seed: int, **inputs: Any) -> ImageSplits:
         from harness.data import images
 
         own = p.model_dump(exclude=set(AdaptTaskParams.model_fields))
         return getattr(images, self.builder)(
-            p.split_seed, p.size, train=p.train, val=p.val, test=p.test, **own
+            seed, p.size, train=p.train, val=p.val, test=p.test, **own
         )
 
 
@@ -167,12 +173,12 @@ class ImageFolder:
     scenario = "adapt"
     params = ImageFolderParams
 
-    def splits(self, p: ImageFolderParams) -> ImageSplits:
+    def data(self, p: ImageFolderParams, seed: int, **inputs: Any) -> ImageSplits:
         from harness.data.images import image_folder
 
         return image_folder(
             p.path, p.size, grayscale=p.grayscale, train=p.train, val=p.val, test=p.test,
-            seed=p.split_seed,
+            seed=seed,
         )  # fmt: skip
 
 
@@ -199,14 +205,14 @@ class HFImages:
     scenario = "adapt"
     params = HFImagesParams
 
-    def splits(self, p: HFImagesParams) -> ImageSplits:
+    def data(self, p: HFImagesParams, seed: int, **inputs: Any) -> ImageSplits:
         from harness.data.images import hf_image_dataset
 
         extra = {"data_dir": p.data_dir} if p.data_dir else {}
         return hf_image_dataset(
             p.dataset, p.split, image_column=p.image_column, label_column=p.label_column,
             size=p.size, grayscale=p.grayscale, train=p.train, val=p.val, test=p.test,
-            test_split=p.test_split, seed=p.split_seed, **extra,
+            test_split=p.test_split, seed=seed, **extra,
         )  # fmt: skip
 
 
@@ -216,10 +222,11 @@ _SPLITS: OrderedDict[tuple[str, str], ImageSplits] = OrderedDict()
 
 
 def task_splits(task: Any, params: AdaptTaskParams) -> ImageSplits:
-    """``task.splits(params)``, remembered for the last few tasks of this process."""
+    """``task.data(params, params.split_seed)``, remembered for the last few tasks of this
+    process."""
     key = (task.name, params.model_dump_json())
     if key not in _SPLITS:
-        _SPLITS[key] = task.splits(params)
+        _SPLITS[key] = task.data(params, params.split_seed)
         while len(_SPLITS) > 4:
             _SPLITS.popitem(last=False)
     _SPLITS.move_to_end(key)
@@ -279,6 +286,13 @@ class AdaptScenario:
     )
     method_protocol = ("attach", "task_state", "load_task_state")
     model_kinds = ("image-classification",)
+    columns = ResultColumns(
+        quality=(QualityColumn("accuracy", higher_is_better=True),
+                 QualityColumn("accuracy", higher_is_better=True, phase="select")),
+        # What a method costs to keep per task: the file it saves.
+        costs=(CostColumn("storage", "storage", "storage_bytes", "bytes"),),
+        plots=(CostPlot("storage", "Quality vs storage", "bytes stored", "storage bytes"),),
+    )
 
     def run(self, ctx: RunContext) -> None:
         import torch
@@ -496,13 +510,10 @@ class _Trainer:
         samples = timer.samples_ms()
         # The first epoch holds one-time costs (allocator growth, lazy init): report it apart.
         steady = samples[per_epoch:] or samples
-        for stat, value in summarize(steady).items():
-            unit = "count" if stat == "n" else ("" if stat == "cv" else "ms")
-            record("train_step", "latency", value, unit, stat=stat)
+        stats = record_latency(self.ctx.recorder, "train_step", samples, summarize(steady))
         record("train_step", "latency", summarize(samples[:per_epoch])["mean"], "ms",
                stat="first_epoch_mean")
-        self.ctx.recorder.record_samples("train_step", "latency", "ms", samples)
-        record("train_step", "throughput", self.p.batch_size / (summarize(steady)["median"] / 1e3),
+        record("train_step", "throughput", self.p.batch_size / (stats["median"] / 1e3),
                "image/s", stat="median")
         record("train", "steps", total, "count")
         record("train", "final_loss", losses[-1], "nats")

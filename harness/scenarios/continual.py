@@ -7,6 +7,11 @@ online, single-pass setting) and never sees a task again; its side of the protoc
 :mod:`harness.scenarios.continual_protocol`. After each task the model is evaluated on every
 task seen so far.
 
+Task protocol: its params schema extends :class:`ContinualTaskParams`, and
+``data(params, seed) -> ImageSplits`` (:class:`harness.data.images.ImageSplits`: train, val and
+test images and labels of the whole labelled dataset; no inputs) gives the data the scenario
+splits into the stream. ``seed`` is the run's seed (the split may depend on it).
+
 Features (task param ``features``):
 
 * ``backbone`` — the suite's model (``builtin:tiny-vit``, or an ``hf`` ViT) as a frozen feature
@@ -42,11 +47,11 @@ Recorded (accuracies in %, ``A[i][j]`` = accuracy on task ``j`` after training t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from harness.api import Params, RunContext
+from harness.api import CostColumn, CostPlot, Params, QualityColumn, ResultColumns, RunContext
 
 if TYPE_CHECKING:
     import torch
@@ -132,7 +137,7 @@ class SplitDigits:
     scenario = "continual"
     params = SplitDigitsParams
 
-    def load(self, params: SplitDigitsParams, seed: int) -> ImageSplits:
+    def data(self, params: SplitDigitsParams, seed: int, **inputs: Any) -> ImageSplits:
         import numpy as np
         import torch
         from sklearn.datasets import load_digits
@@ -161,7 +166,7 @@ class SplitShapes:
     scenario = "continual"
     params = SplitShapesParams
 
-    def load(self, params: SplitShapesParams, seed: int) -> ImageSplits:
+    def data(self, params: SplitShapesParams, seed: int, **inputs: Any) -> ImageSplits:
         from harness.data import images
 
         build = {
@@ -183,7 +188,7 @@ class SplitImages:
     scenario = "continual"
     params = SplitImagesParams
 
-    def load(self, params: SplitImagesParams, seed: int) -> ImageSplits:
+    def data(self, params: SplitImagesParams, seed: int, **inputs: Any) -> ImageSplits:
         from harness.data.images import hf_image_dataset, image_folder
 
         sizes = {"train": params.train, "val": params.val, "test": params.test, "seed": seed}
@@ -269,6 +274,13 @@ class ContinualScenario:
     )
     method_protocol = ("make_learner",)
     model_kinds = ("base",)
+    columns = ResultColumns(
+        quality=(QualityColumn("accuracy", higher_is_better=True),),
+        # Continual learners are compared at the replay memory they keep.
+        costs=(CostColumn("buffer", "memory buffer", "buffer_bytes", "bytes"),),
+        plots=(CostPlot("buffer", "Quality vs memory buffer", "bytes of the learner's memory",
+                        "buffer bytes"),),
+    )
 
     def run(self, ctx: RunContext) -> None:
         import torch
@@ -281,7 +293,7 @@ class ContinualScenario:
             raise ValueError("train_backbone: true needs features: backbone")
         seed = ctx.spec.seed
         torch.manual_seed(seed)
-        splits = ctx.task.load(params, seed)
+        splits = ctx.task.data(params, seed)
         if params.eval_split == "val" and len(splits.val_y) == 0:
             raise ValueError("eval_split: val needs a validation split (val > 0)")
 

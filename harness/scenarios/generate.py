@@ -19,8 +19,9 @@ One untimed warm-up call runs first (lazy initialisation, kernel compilation); i
 is recorded as ``warmup/seconds``. Decode latency samples are checked against the suite's
 ``measure`` rules (``min_repeats``, ``min_seconds``, ``max_cv``).
 
-Task protocol: ``episodes(params, tokenizer, config, seed) -> list[Episode]`` (an
-:class:`harness.data.retrieval.Episode` per call) and ``scored`` (False for cost-only tasks,
+Task protocol: ``data(params, seed, tokenizer=..., config=...) -> list[Episode]`` (an
+:class:`harness.data.retrieval.Episode` per call; ``tokenizer`` is the model's, ``None`` for
+cost-only tasks, and ``config`` the model's config) and ``scored`` (False for cost-only tasks,
 whose episodes have no answer and generate ``new_tokens`` tokens).
 """
 
@@ -35,8 +36,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from harness.api import Params, RunContext, Unsupported
-from harness.probes.timing import TimingResult, summarize
+from harness.api import (
+    CostColumn,
+    CostPlot,
+    Params,
+    QualityColumn,
+    ResultColumns,
+    RunContext,
+    Unsupported,
+)
+from harness.probes.timing import TimingResult, record_latency
 from harness.scenarios.kv_protocol import (
     Decoder,
     GreedyDecoder,
@@ -150,7 +159,9 @@ class _RetrievalTask:
     def _hay(self, params: Any, tokenizer: Any) -> torch.Tensor:
         return _haystack(params, tokenizer)
 
-    def episodes(self, params: Any, tokenizer: Any, config: Any, seed: int) -> list[Episode]:
+    def data(
+        self, params: Any, seed: int, *, tokenizer: Any, config: Any, **inputs: Any
+    ) -> list[Episode]:
         from harness.data.retrieval import make_episode, stratified_depths
 
         if tokenizer is None:
@@ -228,7 +239,9 @@ class DecodeThroughput:
     scored = False
     params = DecodeThroughputParams
 
-    def episodes(self, params: Any, tokenizer: Any, config: Any, seed: int) -> list[Episode]:
+    def data(
+        self, params: Any, seed: int, *, tokenizer: Any, config: Any, **inputs: Any
+    ) -> list[Episode]:
         import torch
 
         from harness.data.retrieval import Episode
@@ -280,6 +293,13 @@ class GenerateScenario:
     )
     method_protocol = ("make_cache",)
     model_kinds = ("causal-lm",)
+    columns = ResultColumns(
+        quality=(QualityColumn("exact_match", higher_is_better=True, breakdown="depth_"),),
+        # The memory KV-cache methods are about: what stays on the compute device.
+        costs=(CostColumn("kv_resident", "KV resident", "resident_bytes", "bytes"),),
+        plots=(CostPlot("kv_resident", "Quality vs KV resident",
+                        "KV bytes resident on the device", "KV bytes"),),
+    )
 
     def run(self, ctx: RunContext) -> None:
         import torch
@@ -294,7 +314,9 @@ class GenerateScenario:
         ctx.count_parameters(model)
         # Cost-only tasks need no tokenizer, so they run on config-only (hf-config) models.
         tokenizer = ctx.load_tokenizer() if task.scored else None
-        episodes = task.episodes(task_params, tokenizer, model.config, ctx.spec.seed)
+        episodes = task.data(
+            task_params, ctx.spec.seed, tokenizer=tokenizer, config=model.config
+        )
         element_size = next(model.parameters()).element_size()
         clock = _TokenClock(ctx.device)
 
@@ -415,11 +437,7 @@ def _record_latency(
     """``latency`` statistics and raw samples of ``phase``, and, given the tokens each sample
     processed, its median ``throughput`` in tokens/s — the names the core's timed loops use,
     so leaderboards show them."""
-    stats = summarize(samples_ms)
-    for stat, value in stats.items():
-        unit = "count" if stat == "n" else ("" if stat == "cv" else "ms")
-        recorder.record(phase, "latency", value, unit, stat=stat)
-    recorder.record_samples(phase, "latency", "ms", samples_ms)
+    stats = record_latency(recorder, phase, samples_ms)
     if tokens_per_sample and samples_ms and stats["median"] > 0:
         rate = tokens_per_sample / (stats["median"] / 1e3)
         recorder.record(phase, "throughput", rate, "token/s", stat="median")

@@ -9,7 +9,7 @@ Protocol:
 * method — ``apply(model, params, ctx) -> model`` (may change the model in place) and
   ``storage_bytes(model, params) -> int``;
 * task — its params schema has ``seq_len``, ``windows`` and ``batch_size``, and
-  ``eval_text(params) -> str`` gives the held-out text.
+  ``data(params, seed) -> str`` gives the held-out text (no inputs).
 
 Text is scored in ``windows`` non-overlapping windows of ``seq_len`` tokens, drawn by the
 run's seed; every token but a window's first is predicted from the tokens before it.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from harness.api import Params, RunContext
+from harness.api import CostColumn, CostPlot, Params, QualityColumn, ResultColumns, RunContext
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +58,7 @@ class StdlibText:
     scenario = "perplexity"
     params = StdlibTextParams
 
-    def eval_text(self, params: StdlibTextParams) -> str:
+    def data(self, params: StdlibTextParams, seed: int, **inputs: Any) -> str:
         from harness.data.text_corpus import load_text
 
         return load_text(params.source, "test", params.max_bytes).decode("utf-8")
@@ -125,6 +125,13 @@ class PerplexityScenario:
     )
     method_protocol = ("apply", "storage_bytes")
     model_kinds = ("causal-lm",)
+    columns = ResultColumns(
+        # Bits per byte first: unlike perplexity it compares models with other tokenizers.
+        quality=(QualityColumn("bits_per_byte", higher_is_better=False),
+                 QualityColumn("perplexity", higher_is_better=False)),
+        costs=(CostColumn("storage", "storage", "storage_bytes", "bytes"),),
+        plots=(CostPlot("storage", "Quality vs storage", "bytes stored", "storage bytes"),),
+    )
 
     def run(self, ctx: RunContext) -> None:
         import torch
@@ -145,7 +152,7 @@ class PerplexityScenario:
 
         windows, scored_bytes = eval_windows(
             tokenizer,
-            ctx.task.eval_text(task_params),
+            ctx.task.data(task_params, ctx.spec.seed),
             task_params.seq_len,
             task_params.windows,
             ctx.spec.seed,

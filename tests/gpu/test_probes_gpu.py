@@ -15,6 +15,7 @@ import pytest
 from harness.api import MeasureSettings, Recorder
 from harness.probes import (
     CudaMemoryProbe,
+    HostLoadProbe,
     LoopTimer,
     NvmlProbe,
     gpu_inventory,
@@ -68,7 +69,7 @@ def _settle() -> None:
 def test_timing_matches_a_hand_written_cuda_event_loop() -> None:
     fn = _matmul()
     measure = MeasureSettings(
-        warmup=10, min_repeats=200, min_seconds=0.3, max_seconds=30, max_cv=None
+        warmup=10, min_repeats=200, min_seconds=0.3, max_seconds=30, rel_precision=None
     )
     ours: list[float] = []
     ref: list[float] = []
@@ -212,3 +213,59 @@ def test_loop_timer_events_match_the_wall_clock_of_synchronized_steps() -> None:
     # a GPU-bound matmul.
     assert statistics.median(samples) <= statistics.median(walls) * 1.05
     assert statistics.median(samples) >= statistics.median(walls) * 0.5
+
+
+def test_cuda_event_loop_reaches_precision_on_a_steady_matmul(monkeypatch) -> None:
+    """The CUDA path stops once the median's 95 % interval is within 1 %, syncing once per
+    batch, and its stats carry the interval."""
+    from harness.probes.timing import STAT_KEYS
+
+    fn = _matmul()
+    real_sync = torch.cuda.synchronize
+    syncs: list[int] = []
+
+    def counted(device=None):
+        syncs.append(1)
+        real_sync(device)
+
+    monkeypatch.setattr(torch.cuda, "synchronize", counted)
+    measure = MeasureSettings(warmup=10, min_repeats=20, min_seconds=0.2, max_seconds=30,
+                              rel_precision=0.01)
+    r = time_callable(fn, measure, "cuda")
+    assert r.clock == "cuda_event"
+    assert r.invalid_reasons(measure) == []
+    assert set(r.stats) == set(STAT_KEYS)
+    n = len(r.samples_ms)
+    assert r.stats["median_rel_ci"] <= 0.01
+    assert r.stats["median_ci_lo"] <= r.stats["median"] <= r.stats["median_ci_hi"]
+    assert r.stats["median_ci_hi"] - r.stats["median_ci_lo"] > 0 or r.stats["iqr"] == 0
+    assert r.wall_s is not None and r.wall_s < 30  # stopped by precision, not max_seconds
+    assert len(syncs) - 3 < 20 < n  # cold call (2) + warmup (1) + one per batch
+
+
+def test_host_load_probe_reads_the_gpu() -> None:
+    if visible_gpu_count() == 0:
+        pytest.skip("NVML is not usable here")
+    fn = _matmul()
+    fn()
+    torch.cuda.synchronize()
+    rec = Recorder()
+    t0 = time.perf_counter()
+    with HostLoadProbe("cuda:0", interval_s=0.05).measure("burn", rec):
+        while time.perf_counter() - t0 < 0.6:
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize()
+    rows = {r.metric: r for r in rec.metrics}
+    for metric in ("gpu_other_processes", "gpu_sm_clock_mhz", "gpu_sm_clock_max_mhz",
+                   "host_load", "host_cpus", "other_cpu_share", "own_cpu_share"):
+        assert metric in rows, metric
+    clock, top = rows["gpu_sm_clock_mhz"].value, rows["gpu_sm_clock_max_mhz"].value
+    assert clock is not None and 100 <= clock <= 4000
+    assert top is None or clock <= top * 1.01
+    others = rows["gpu_other_processes"]
+    if others.value is None:  # containers: NVML's PIDs aren't ours
+        assert others.reason and "PIDs differ" in others.reason
+    else:
+        assert others.value >= 0
+    assert rows["own_cpu_share"].value is not None and rows["own_cpu_share"].value > 0

@@ -83,7 +83,7 @@ def test_default_probes_follow_the_probe_protocol_and_import_lightly() -> None:
     from harness.probes import default_probes
 
     probes = default_probes("cpu")
-    assert [p.name for p in probes] == ["host_memory", "cuda_memory", "nvml"]
+    assert [p.name for p in probes] == ["host_memory", "host_load", "cuda_memory", "nvml"]
     assert all(isinstance(p, Probe) for p in probes)
     code = (
         "import sys, harness.probes; "

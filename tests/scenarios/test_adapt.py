@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_context import FakeContext
 
 SMALL = {"train": 64, "val": 32, "test": 48, "epochs": 2, "batch_size": 16, "eval_batch": 32}
-QUICK = MeasureSettings(warmup=0, min_repeats=2, min_seconds=0.0, max_cv=None)
+QUICK = MeasureSettings(warmup=0, min_repeats=2, min_seconds=0.0, rel_precision=None)
 
 
 def run(method=None, task=None, task_params=None, model_dir=str(SHIPPED_DIR), **params):
@@ -140,7 +140,7 @@ def test_an_hf_image_dataset_is_a_task(tmp_path) -> None:
     write_folder(tmp_path / "data")
     params = HFImages.params(dataset="imagefolder", data_dir=str(tmp_path / "data"), train=16,
                              val=8, size=16)
-    data = HFImages().splits(params)
+    data = HFImages().data(params, params.split_seed)
     assert data.classes == ("dark", "light")
     assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (16, 8, 16)
     assert data.train_x.shape[1:] == (1, 16, 16)

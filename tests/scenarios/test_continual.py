@@ -70,7 +70,7 @@ class TinyStream:
     scenario = "continual"
     params = TinyParams
 
-    def load(self, params: TinyParams, seed: int) -> ImageSplits:
+    def data(self, params: TinyParams, seed: int, **inputs: Any) -> ImageSplits:
         def images(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
             labels = torch.arange(4).repeat(per_class)
             return torch.eye(4)[labels].view(-1, 1, 2, 2), labels

@@ -109,7 +109,7 @@ def test_components_satisfy_the_protocols() -> None:
 
 
 def test_needle_records_quality_latency_and_kv_bytes(random_lm_dir: str) -> None:
-    lenient = MeasureSettings(min_repeats=1, min_seconds=0.0, max_cv=None)
+    lenient = MeasureSettings(min_repeats=1, min_seconds=0.0, rel_precision=None)
     ctx = run(random_lm_dir, FullCache(), Needle(), task_params=SMALL, measure=lenient)
     value = ctx.recorder.value
     assert ctx.phases == ["eval", "prefill", "decode"]
@@ -134,11 +134,10 @@ def test_needle_records_quality_latency_and_kv_bytes(random_lm_dir: str) -> None
     assert [(r.phase, r.value, r.unit) for r in energy] == [("decode", None, "J/token")]
     # A DynamicCache holds exactly the full cache: context + question + 4 fed-back tokens.
     model = LlamaForCausalLM.from_pretrained(random_lm_dir)
-    question = len(
-        ctx.task.episodes(Needle.params(**SMALL), ByT5Tokenizer(extra_ids=0), None, 0)[
-            0
-        ].question_ids
+    episodes = ctx.task.data(
+        Needle.params(**SMALL), 0, tokenizer=ByT5Tokenizer(extra_ids=0), config=None
     )
+    question = len(episodes[0].question_ids)
     full = kv_full_bytes(model.config, 64 + question + 4, 4)
     assert full == 2 * 2 * 2 * 16 * (68 + question) * 4
     assert value("kv", "full_cache_bytes") == full
@@ -192,11 +191,12 @@ def test_decode_throughput_needs_no_tokenizer(random_lm_dir: str, tmp_path: Path
     assert value("kv", "full_cache_bytes") == kv_full_bytes(
         LlamaConfig.from_pretrained(bare), 32 + 7, 4
     )
-    episodes = DecodeThroughput().episodes(
-        DecodeThroughput.params(**params), None, LlamaConfig.from_pretrained(bare), 0
+    config = LlamaConfig.from_pretrained(bare)
+    episodes = DecodeThroughput().data(
+        DecodeThroughput.params(**params), 0, tokenizer=None, config=config
     )
-    again = DecodeThroughput().episodes(
-        DecodeThroughput.params(**params), None, LlamaConfig.from_pretrained(bare), 0
+    again = DecodeThroughput().data(
+        DecodeThroughput.params(**params), 0, tokenizer=None, config=config
     )
     assert episodes == again
     assert [len(e.context_ids) + len(e.question_ids) for e in episodes] == [32, 32]
@@ -216,7 +216,7 @@ def test_episodes_follow_the_seed_and_the_depth_bins(random_lm_dir: str) -> None
     params = Needle.params(context_len=128, depth_bins=4, per_bin=3)
 
     def draw(seed: int) -> list[Any]:
-        return Needle().episodes(params, tokenizer, None, seed)
+        return Needle().data(params, seed, tokenizer=tokenizer, config=None)
 
     first, again, other = draw(0), draw(0), draw(1)
     assert first == again and first != other
@@ -267,7 +267,7 @@ methods:
   - full
   - {name: specache, params: {bits: 1, group_size: 32, residual: 16, topk: 16}}
   - {name: streaming, params: {sinks: 4, window: 12}}
-measure: {warmup: 0, min_repeats: 5, min_seconds: 0.0, max_cv: null}
+measure: {warmup: 0, min_repeats: 5, min_seconds: 0.0, rel_precision: null}
 """)
     db = tmp_path / "db.duckdb"
     assert main(["run", str(suite), "--db", str(db)]) == 0

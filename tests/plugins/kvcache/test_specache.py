@@ -75,7 +75,7 @@ def test_topk_covering_the_context_reproduces_the_full_cache_on_the_built_in_mod
     model = AutoModelForCausalLM.from_pretrained(SHIPPED_DIR, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(SHIPPED_DIR)
     params = Needle.params(context_len=256, depth_bins=4, per_bin=1)
-    for episode in Needle().episodes(params, tokenizer, model.config, seed=0):
+    for episode in Needle().data(params, 0, tokenizer=tokenizer, config=model.config):
         context = torch.tensor([episode.context_ids])
         question = torch.tensor([episode.question_ids])
         expected = full_tokens(model, context, question, 5)

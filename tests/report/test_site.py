@@ -30,6 +30,8 @@ from report_fixtures import (
 from harness import report
 from harness.api import STATUSES
 from harness.cli import main
+from harness.report.plots import pareto_frontier
+from harness.scenarios.generate import GenerateScenario
 from harness.store import Store
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
@@ -400,8 +402,8 @@ def test_pareto_plots(site):
     assert "Quality vs storage" in cpu and "bytes stored" in cpu
     assert 'class="step"' in cpu and 'class="pt front"' in cpu
     assert beta.count("<svg") == 2 and "No plot: no run here recorded latency." in beta
-    assert report._frontier([(1, 5), (2, 4), (3, 6), (4, 3), (5, 3)], False) == [0, 1, 3]
-    assert report._frontier([(1, 0.5), (2, 0.9), (3, 0.8)], True) == [0, 1]
+    assert pareto_frontier([(1, 5), (2, 4), (3, 6), (4, 3), (5, 3)], False) == [0, 1, 3]
+    assert pareto_frontier([(1, 0.5), (2, 0.9), (3, 0.8)], True) == [0, 1]
 
 
 def test_run_pages(site, fixture_db):
@@ -501,6 +503,7 @@ def test_preview_server_binds_to_loopback(site):
 
 def test_each_setting_of_a_task_gets_its_own_leaderboard(tmp_path):
     store = Store(tmp_path / "db.duckdb")
+    store.record_columns("generate", GenerateScenario.columns.to_json())
     suite = store.record_suite("lengths", "suites/lengths.yaml", "", "name: lengths\n")
     env = store.record_environment({"hardware": "cpu x2"})
     for i, (context_len, method, exact) in enumerate(

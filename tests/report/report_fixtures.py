@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from harness.scenarios.perplexity import PerplexityScenario
 from harness.store import Store
 
 CPU = "cpu: AMD EPYC x2"
@@ -97,6 +98,7 @@ def build_fixture_store(path: str | Path) -> dict[str, Any]:
     ``cpu`` or ``gpu``), e.g. ``alpha/cpu/a/dense/-/0``.
     """
     store = Store(path)
+    store.record_columns("perplexity", PerplexityScenario.columns.to_json())
     alpha = store.record_suite(ALPHA, "suites/alpha.yaml", "Compression on tiny models.",
                                "name: alpha\n# the alpha suite\n")
     beta = store.record_suite(

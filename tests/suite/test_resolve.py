@@ -1,12 +1,14 @@
 """Tests of suite parsing, validation and run expansion (harness.suite).
 
-The malformed corpus in ``tests/suites/malformed`` pins every error to its line, field and
+The suite files these tests read live in ``tests/suites`` (``valid``, ``malformed``). The
+malformed corpus in ``tests/suites/malformed`` pins every error to its line, field and
 message: each file starts with ``# expect: LINE: FIELD: SUBSTRING`` comments, and the suite
 must report exactly those issues, no more.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from harness.suite import (
     run_key,
 )
 
-SUITES = Path(__file__).parent / "suites"
+SUITES = Path(__file__).parents[1] / "suites"
 MALFORMED = sorted((SUITES / "malformed").glob("*.yaml"))
 
 
@@ -193,7 +195,8 @@ def test_minimal_suite_fills_defaults() -> None:
         "seed": 0,
         "device": "cpu",
         "hardware": "cpu: test x4",
-        "measure": MeasureSettings().model_dump(),
+        # Only what shapes the timed loop keys a run; rel_precision and max_cv decide validity.
+        "measure": {"warmup": 3, "min_repeats": 10, "min_seconds": 1.0, "max_seconds": 60.0},
     }
     assert run.run_key == run_key(run.config)
     assert re.fullmatch(r"[0-9a-f]{16}", run.run_key)
@@ -362,6 +365,11 @@ def test_run_keys_are_stable_across_loads(tmp_path: Path) -> None:
         ("measure: {warmup: 2, min_repeats: 5}",
          "measure: {warmup: 2, min_repeats: 5, min_seconds: 1.0}"),
         ("models: [builtin:tiny-byte-lm]", "models: [{ref: builtin:tiny-byte-lm}]"),
+        # settings that only decide validity
+        ("measure: {warmup: 2, min_repeats: 5}",
+         "measure: {warmup: 2, min_repeats: 5, rel_precision: 0.01}"),
+        ("measure: {warmup: 2, min_repeats: 5}",
+         "measure: {warmup: 2, min_repeats: 5, rel_precision: null, max_cv: 0.9}"),
     ],
 )
 def test_run_key_ignores(tmp_path: Path, old: str, new: str) -> None:
@@ -376,6 +384,9 @@ def test_run_key_ignores(tmp_path: Path, old: str, new: str) -> None:
         ("windows: 4", "windows: 5"),
         ("seeds: [3]", "seeds: [4]"),
         ("warmup: 2", "warmup: 3"),
+        ("min_repeats: 5", "min_repeats: 6"),
+        ("measure: {warmup: 2, min_repeats: 5}",
+         "measure: {warmup: 2, min_repeats: 5, max_seconds: 30}"),
         ("builtin:tiny-byte-lm", "hf:gpt2"),
     ],
 )
@@ -384,24 +395,40 @@ def test_run_key_changes_with(tmp_path: Path, old: str, new: str) -> None:
     assert keys_of(tmp_path, KEYED.replace(old, new)) != keys_of(tmp_path, KEYED)
 
 
+def test_max_cv_is_a_deprecated_alias_that_warns(tmp_path: Path) -> None:
+    block = "measure:\n  warmup: 2\n  min_repeats: 5\n  max_cv: 0.3"
+    suite = load(write(tmp_path, KEYED.replace("measure: {warmup: 2, min_repeats: 5}", block)))
+    assert suite.measure.rel_precision == 0.3
+    [warning] = suite.warnings
+    assert (warning.line, warning.field) == (11, "measure.max_cv")
+    assert "deprecated" in warning.message and "read as rel_precision: 0.3" in warning.message
+    both = load(write(tmp_path, KEYED.replace("min_repeats: 5}",
+                                              "min_repeats: 5, max_cv: 0.3, rel_precision: 0.1}")))
+    assert both.measure.rel_precision == 0.1
+    assert "ignored: rel_precision is set too" in both.warnings[0].message
+    assert load(write(tmp_path, KEYED)).warnings == ()
+
+
+def test_rel_precision_must_be_a_share(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match=r"measure.rel_precision: expected a relative precision "
+                                         r"between 0 and 1"):
+        load(write(tmp_path, KEYED.replace("min_repeats: 5}", "min_repeats: 5, "
+                                                              "rel_precision: 5}")))
+
+
 def test_run_key_changes_with_method_version(tmp_path: Path) -> None:
     assert keys_of(tmp_path, KEYED, make_components(rtn_version="2")) != keys_of(tmp_path, KEYED)
 
 
-def test_canonical_json() -> None:
-    assert canonical_json({"b": [1, 2.5, None], "a": {"y": True, "x": "é"}}) == (
-        '{"a":{"x":"é","y":true},"b":[1,2.5,null]}'
-    )
-    assert canonical_json(0.1 + 0.2) == "0.30000000000000004"
-    assert canonical_json(-0.0) == "0.0"
-    assert canonical_json(float("inf")) == '"inf"'
-    assert canonical_json((1, 2)) == canonical_json([1, 2])
-    with pytest.raises(TypeError):
-        canonical_json({1: "x"})
-    with pytest.raises(TypeError):
-        canonical_json(object())
+def test_run_key_hashes_the_canonical_json_of_the_config() -> None:
+    config = {"b": [1, 2.5], "a": {"x": "é"}}
+    digest = hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+    assert run_key(config) == digest[:16]
     assert run_key({"a": 1, "b": 2}) == run_key({"b": 2, "a": 1})
     assert run_key({"a": 1}) != run_key({"a": 2})
+    assert run_key({"a": -0.0}) == run_key({"a": 0.0})
+    with pytest.raises(TypeError):
+        run_key({"a": object()})
 
 
 # --------------------------------------------------------------------------- errors

@@ -1,0 +1,67 @@
+"""The site shows what it showed before scenarios declared their columns.
+
+``golden_leaderboards.json`` holds each leaderboard's table, legend, plots and JSON download
+as the report rendered them from ``scenario_store`` when it still named every family's cost
+columns itself. Built from the same store with the columns the built-in scenarios now
+declare, the leaderboards must be identical.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from scenario_store import build_scenario_store, leaderboard_snapshot
+
+from harness.plugins import load_components, load_plugins
+from harness.report import build_site
+from harness.store import Store
+
+GOLDEN = Path(__file__).with_name("golden_leaderboards.json")
+
+
+@pytest.fixture(scope="module")
+def declared() -> dict:
+    components = load_components(load_plugins())
+    return {name: scenario.columns for name, scenario in components.scenarios
+            if getattr(scenario, "columns", None) is not None}
+
+
+def test_declared_columns_render_the_same_leaderboards(tmp_path: Path, declared: dict) -> None:
+    db = tmp_path / "store.duckdb"
+    build_scenario_store(db)
+    store = Store(db)
+    for scenario in ("perplexity", "generate", "adapt", "continual"):
+        store.record_columns(scenario, declared[scenario].to_json())
+    build_site(db, tmp_path / "site")
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    snapshot = leaderboard_snapshot(tmp_path / "site")
+    assert sorted(snapshot) == sorted(golden)
+    for page, parts in golden.items():
+        for part, text in parts.items():
+            assert snapshot[page][part] == text, f"{page}: {part} differs"
+
+
+def test_installed_declarations_stand_in_for_an_older_store(tmp_path: Path,
+                                                            declared: dict) -> None:
+    """A store written before stores kept declarations: ``columns=`` fills them in."""
+    db = tmp_path / "store.duckdb"
+    build_scenario_store(db)
+    build_site(db, tmp_path / "site", columns=declared)
+    assert leaderboard_snapshot(tmp_path / "site") == json.loads(GOLDEN.read_text("utf-8"))
+
+
+def test_without_declarations_only_core_columns(tmp_path: Path) -> None:
+    db = tmp_path / "store.duckdb"
+    build_scenario_store(db)
+    build_site(db, tmp_path / "site")
+    page = json.loads((tmp_path / "site" / "kv" / "needle-context-len-512-cpu-amd-epyc-x2.json")
+                      .read_text(encoding="utf-8"))
+    labels = [c["label"] for c in page["columns"]]
+    assert "KV resident" not in labels
+    assert labels[0] == "exact match" and "latency · decode" in labels
