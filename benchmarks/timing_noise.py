@@ -15,6 +15,11 @@ FAIL (the exit status is 1 on any FAIL):
 * with the hog, at least 4 of 5 runs valid, or every miss reported as the suite's time
   budget (the loop gave up at ``max_seconds``, or ``limits.timeout``).
 
+For context it also times the machine itself, outside harness: the median of a bare torch
+matmul in one fresh process per quiet pass, right before it. Where those medians move as
+much as the suite's do, the spread between passes is the machine's (a shared VM's speed
+drifts over seconds), not the harness's; the target is reported as measured either way.
+
     python benchmarks/timing_noise.py [--suite suites/smoke.yaml] [--quiet-passes 3]
                                       [--hogs N] [--dir DIR] [--keep]
 """
@@ -132,6 +137,27 @@ def host_now() -> str | None:
     return done.stdout.strip() or None
 
 
+_REFERENCE = """
+import statistics, time, torch
+a, b = torch.randn(128, 512), torch.randn(512, 2048)
+for _ in range(50):
+    a @ b
+samples = []
+for _ in range(400):
+    t = time.perf_counter_ns()
+    a @ b
+    samples.append((time.perf_counter_ns() - t) / 1e6)
+print(statistics.median(samples))
+"""
+
+
+def machine_reference() -> float:
+    """The median ms of a bare torch matmul in a fresh process: the machine's own speed."""
+    done = subprocess.run([sys.executable, "-c", _REFERENCE], capture_output=True, text=True,
+                          check=True, timeout=120)
+    return float(done.stdout.strip())
+
+
 def run_pass(name: str, suite: Path, folder: Path, hogs: int) -> Pass:
     """One ``harness run`` into a fresh store; with ``hogs`` spinning processes meanwhile."""
     db = folder / f"{name}.duckdb"
@@ -197,7 +223,7 @@ def _time_budget(run: Run) -> bool:
     return bool(after) and (budget is None or max(after) >= 0.95 * budget)
 
 
-def report(passes: list[Pass]) -> bool:
+def report(passes: list[Pass], reference: list[float]) -> bool:
     quiet = [p for p in passes if not p.busy]
     labels = sorted({label for p in passes for label in p.runs})
     base = quiet[0].runs if quiet else {}
@@ -220,6 +246,10 @@ def report(passes: list[Pass]) -> bool:
             spreads[label] = max(medians) / min(medians) - 1
     for label, spread in spreads.items():
         print(f"quiet spread {label:24} {100 * spread:5.1f} %")
+    if reference:
+        print(f"machine reference (bare torch matmul, a fresh process per quiet pass): "
+              f"{' / '.join(f'{m:.3f}' for m in reference)} ms, spread "
+              f"{100 * (max(reference) / min(reference) - 1):.1f} %")
     for p in passes:
         busy_runs = [r for r in p.runs.values() if r.diagnosis]
         print(f"{p.name:8} forward phases diagnosed busy: {len(busy_runs)}/{len(p.runs)}"
@@ -270,14 +300,16 @@ def main() -> int:
     folder = args.dir or Path(tempfile.mkdtemp(prefix="harness-timing-noise-"))
     folder.mkdir(parents=True, exist_ok=True)
     passes: list[Pass] = []
+    reference: list[float] = []
     try:
         for i in range(args.quiet_passes):
             print(f"quiet pass {i + 1}/{args.quiet_passes} ...", flush=True)
+            reference.append(machine_reference())
             passes.append(run_pass(f"quiet{i + 1}", args.suite, folder, 0))
         print(f"busy pass ({args.hogs} spinning process(es) on {os.cpu_count()} CPUs) ...",
               flush=True)
         passes.append(run_pass("busy", args.suite, folder, max(1, args.hogs)))
-        ok = report(passes)
+        ok = report(passes, reference)
         print("PASS" if ok else "FAIL")
         return 0 if ok else 1
     finally:
