@@ -9,6 +9,7 @@ declare, the leaderboards must be identical.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -45,6 +46,12 @@ def test_declared_columns_render_the_same_leaderboards(tmp_path: Path, declared:
     for page, parts in golden.items():
         for part, text in parts.items():
             assert snapshot[page][part] == text, f"{page}: {part} differs"
+    # The generate scenario's declared breakdown: exact match per depth bin on run pages.
+    kv_run = next(p for p in (tmp_path / "site" / "runs").glob("*.html")
+                  if "needle" in p.read_text(encoding="utf-8"))
+    page = kv_run.read_text(encoding="utf-8")
+    assert "exact_match · eval by depth" in page
+    assert re.search(r"<th scope=\"col\">00</th><th scope=\"col\">01</th>", page)
 
 
 def test_installed_declarations_stand_in_for_an_older_store(tmp_path: Path,
