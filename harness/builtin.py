@@ -18,9 +18,13 @@ def harness_add_scenarios() -> Sequence[Scenario]:
     from harness.scenarios.adapt import AdaptScenario
     from harness.scenarios.continual import ContinualScenario
     from harness.scenarios.generate import GenerateScenario
+    from harness.scenarios.lm_train import LMTrainScenario
     from harness.scenarios.perplexity import PerplexityScenario
 
-    return [PerplexityScenario(), GenerateScenario(), AdaptScenario(), ContinualScenario()]
+    return [
+        PerplexityScenario(), GenerateScenario(), AdaptScenario(), ContinualScenario(),
+        LMTrainScenario(),
+    ]  # fmt: skip
 
 
 @hookimpl
@@ -28,13 +32,14 @@ def harness_add_tasks() -> Sequence[Task]:
     from harness.scenarios import adapt
     from harness.scenarios.continual import SplitDigits, SplitImages, SplitShapes
     from harness.scenarios.generate import DecodeThroughput, KVRecall, Needle, Passkey
+    from harness.scenarios.lm_train import StdlibLM
     from harness.scenarios.perplexity import StdlibText
 
     return [
         StdlibText(), Needle(), Passkey(), KVRecall(), DecodeThroughput(),
         adapt.DigitsShift(), adapt.ShapesCount(), adapt.ShapesPosition(),
         adapt.ShapesOrientation(), adapt.ImageFolder(), adapt.HFImages(),
-        SplitDigits(), SplitShapes(), SplitImages(),
+        SplitDigits(), SplitShapes(), SplitImages(), StdlibLM(),
     ]  # fmt: skip
 
 

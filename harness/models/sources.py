@@ -2,7 +2,9 @@
 
 * ``hf`` — ``from_pretrained`` on a hub id or a local directory;
 * ``hf-config`` — a config (hub id or local directory) with ``overrides``, randomly
-  initialised: real shapes for systems timing without downloading weights;
+  initialised: real shapes for systems timing without downloading weights; its kind
+  ``config`` returns the overridden transformers config itself (no weights), for scenarios
+  that build and train the model (``lm_train``);
 * ``builtin`` — a model the project makes itself (:class:`harness.api.ModelEntry`), prepared
   under the cache dir and then read by the very same code as ``hf``.
 
@@ -100,11 +102,26 @@ class HFConfigSource:
     params = HFConfigOptions
 
     def load(self, id: str, kind: str, options: Mapping[str, Any], ctx: RunContext) -> Any:
+        """A randomly initialised model of ``kind``, or for kind ``config`` the config alone."""
         import torch
-        from transformers import AutoConfig
 
         opts = HFConfigOptions(**options)
+        if kind == "config":
+            return self.config(id, opts)
         auto = _auto_class(kind, self.name)
+        config = self.config(id, opts)
+        # "auto" keeps the dtype the config names (float32 when it names none).
+        dtype = {} if opts.dtype == "auto" else {"dtype": _torch_dtype(opts.dtype)}
+        # Random weights still follow the run's seed, so timings are of the same model.
+        torch.manual_seed(ctx.spec.seed)
+        with torch.device(ctx.device):
+            model = auto.from_config(config, **dtype)
+        return model.eval()
+
+    def config(self, id: str, opts: HFConfigOptions) -> Any:
+        """``AutoConfig`` of ``id`` with ``opts.overrides`` set (each must be a config field)."""
+        from transformers import AutoConfig
+
         config = AutoConfig.from_pretrained(id)
         known = sorted(config.to_dict())
         for key, value in opts.overrides.items():
@@ -114,13 +131,7 @@ class HFConfigSource:
                     + did_you_mean(key, known)
                 )
             setattr(config, key, value)
-        # "auto" keeps the dtype the config names (float32 when it names none).
-        dtype = {} if opts.dtype == "auto" else {"dtype": _torch_dtype(opts.dtype)}
-        # Random weights still follow the run's seed, so timings are of the same model.
-        torch.manual_seed(ctx.spec.seed)
-        with torch.device(ctx.device):
-            model = auto.from_config(config, **dtype)
-        return model.eval()
+        return config
 
     def load_tokenizer(self, id: str, options: Mapping[str, Any], ctx: RunContext) -> Any:
         from transformers import AutoTokenizer

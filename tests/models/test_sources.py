@@ -95,6 +95,19 @@ def test_hf_config_builds_a_random_model_of_the_overridden_shape(tmp_path: Path)
     assert torch.equal(model.lm_head.weight, again.lm_head.weight)  # seeded by the run
 
 
+def test_hf_config_kind_config_returns_the_overridden_config(tmp_path: Path) -> None:
+    LlamaConfig(**CONFIG).save_pretrained(tmp_path)
+    options = {"overrides": {"num_hidden_layers": 3, "hidden_size": 48}}
+    config = HFConfigSource().load(str(tmp_path), "config", options, context())
+    assert isinstance(config, LlamaConfig)
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (3, 48, 259)
+    with pytest.raises(ValueError, match="did you mean 'num_hidden_layers'"):
+        HFConfigSource().load(str(tmp_path), "config", {"overrides": {"num_hiden_layers": 1}},
+                              context())  # fmt: skip
+    with pytest.raises(Unsupported, match="cannot load kind 'config'"):
+        HFSource().load(str(tmp_path), "config", {}, context())
+
+
 def test_hf_config_rejects_an_unknown_override(tmp_path: Path) -> None:
     LlamaConfig(**CONFIG).save_pretrained(tmp_path)
     options = {"overrides": {"num_hiden_layers": 3}}

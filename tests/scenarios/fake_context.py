@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from harness.api import MeasureSettings, PhaseResult, Recorder, RunSpec
-from harness.models.sources import HFSource
+from harness.api import MeasureSettings, PhaseResult, Recorder, RunSpec, TimingResult
+from harness.models.sources import HFConfigSource, HFSource
+from harness.probes.timing import summarize
 
 
 class FakeContext:
     """Just enough of :class:`harness.api.RunContext` to run a scenario without the core:
-    phases and timing only note what ran; loading uses the real ``hf`` source code."""
+    phases and timing only note what ran (timing returns a plain perf_counter summary);
+    loading uses the real ``hf`` source code, and kind ``config`` the ``hf-config`` one with
+    ``model_options``."""
 
     def __init__(
         self,
@@ -23,14 +27,17 @@ class FakeContext:
         task_params: Mapping[str, Any] | None = None,
         seed: int = 0,
         measure: MeasureSettings | None = None,
+        cache_dir: str = "",
+        model_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self.model_options = dict(model_options or {})
         self.recorder = Recorder()
         self.device = "cpu"
         self.method = method
         self.task = task
         self.components = None
-        self.cache_dir = ""
+        self.cache_dir = cache_dir
         self.phases: list[str] = []
         self.timed: dict[str, tuple[float | None, str, int]] = {}
         self.spec = RunSpec(
@@ -63,14 +70,20 @@ class FakeContext:
         *,
         items: float | None = None,
         item_unit: str = "item",
-    ) -> None:
+    ) -> TimingResult:
         calls = 3
+        samples: list[float] = []
         with self.phase(phase):
             for _ in range(calls):
+                start = time.perf_counter_ns()
                 fn()
+                samples.append((time.perf_counter_ns() - start) / 1e6)
         self.timed[phase] = (items, item_unit, calls)
+        return TimingResult(tuple(samples), samples[0], 0, summarize(samples), "perf_counter")
 
     def load_model(self, kind: str) -> Any:
+        if kind == "config":
+            return HFConfigSource().load(self.model_dir, kind, self.model_options, self)
         return HFSource().load(self.model_dir, kind, {}, self)
 
     def load_tokenizer(self) -> Any:
