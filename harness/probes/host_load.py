@@ -7,9 +7,11 @@ samples every ~0.25 s, cheaply (a few /proc reads; this process tree's children 
 re-listed once a second):
 
 * the 1-minute load average (``os.getloadavg``) against the logical CPU count;
-* the share of all CPUs' capacity used by processes *other* than this worker's process tree:
-  system-wide busy CPU time (``psutil.cpu_times``, as ``psutil.cpu_percent`` counts it:
-  iowait is idle, steal is busy) minus this tree's CPU time, over the same window;
+* the share of all CPUs' capacity used by processes *other* than this run's: system-wide busy
+  CPU time (``psutil.cpu_times``, as ``psutil.cpu_percent`` counts it: iowait is idle,
+  steal is busy) minus the CPU time of :func:`run_root`'s tree (in a spawned worker the
+  driver and every worker of the suite, so ``workers: 2`` is not a busy host), over the same
+  window;
 * the CPU clock (``psutil.cpu_freq``) where readable;
 * on CUDA, through NVML: compute processes of other process trees on the GPU, and the SM
   clock against its maximum.
@@ -50,6 +52,7 @@ __all__ = [
     "HostLoadProbe",
     "busy_host_reason",
     "host_busy_now",
+    "run_root",
 ]
 
 #: (metric, unit, stat) of the rows written for every device.
@@ -74,7 +77,7 @@ GPU_METRICS = (
 #: CPUs, one other process spinning half the time; timing noise grows well before that.
 BUSY_OTHER_CPU_PCT = 25.0
 
-#: Busy when the 1-minute load average, less the CPUs this worker's own tree kept busy,
+#: Busy when the 1-minute load average, less the CPUs this run's processes kept busy,
 #: exceeds this many times the logical CPU count (runnable threads queueing for a CPU, or
 #: tasks stuck in I/O) *and* other processes used at least ``BUSY_LOAD_MIN_OTHER_PCT`` % of
 #: the CPUs (or that share is unknown). The load average counts our own threads too (a
@@ -115,13 +118,29 @@ def _system_cpu() -> tuple[float, float]:
     return total, total - idle
 
 
+def run_root() -> Any:
+    """The process whose tree is "this run" (psutil): the driver when this is a worker the
+    executor spawned, so that the suite's other workers count as its own load and not as
+    another program's; this process otherwise (inline runs, tests, the CLI's start check)."""
+    import multiprocessing
+
+    import psutil
+
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(parent.pid)
+    return psutil.Process()
+
+
 class _CpuAccount:
-    """Snapshots of system and own-tree CPU time; children re-listed every ``refresh_s``."""
+    """Snapshots of system and own-tree CPU time; children re-listed every ``refresh_s``.
+
+    "Own" is :func:`run_root`'s tree: in a spawned worker, the driver and all its workers.
+    """
 
     def __init__(self, refresh_s: float = TREE_REFRESH_S) -> None:
-        import psutil
-
-        self.proc = psutil.Process()
+        self.proc = run_root()
         self.refresh_s = refresh_s
         self.procs = process_tree(self.proc)
         self.listed_at = time.perf_counter()

@@ -297,3 +297,23 @@ def test_cuda_device_without_nvml_says_why(monkeypatch: pytest.MonkeyPatch) -> N
         assert rows[metric].value is None
         assert rows[metric].reason == "NVML unavailable: Driver Not Loaded"
     assert rows["host_load"].value is not None  # the host half still works
+
+
+def _root_pid(_: int) -> tuple[int, int]:
+    from harness.probes.host_load import run_root
+
+    return run_root().pid, os.getppid()
+
+
+def test_a_spawned_worker_counts_its_driver_tree_as_its_own() -> None:
+    """A suite's other workers are its own load, not another program's: in a worker the
+    executor spawned, "own" is the driver's tree; in a plain process, this process's."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from harness.probes.host_load import run_root
+
+    assert run_root().pid == os.getpid()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        root, parent = pool.submit(_root_pid, 0).result(timeout=60)
+    assert root == parent == os.getpid()
