@@ -20,7 +20,7 @@ from typing import Any
 
 from harness.api import RunContext, Unsupported
 
-from .moe import MoEParams, build_moe, moe_active_params
+from .moe import MoE, MoEParams
 
 __all__ = ["MoEOffload", "MoEOffloadParams"]
 
@@ -29,8 +29,11 @@ class MoEOffloadParams(MoEParams):
     """``moe``'s params: the same model is trained."""
 
 
-class MoEOffload:
-    """Top-k MoE with its experts offloaded to host memory, loaded on demand (CUDA only)."""
+class MoEOffload(MoE):
+    """Top-k MoE with its experts offloaded to host memory, loaded on demand (CUDA only).
+
+    Trained and counted as ``moe`` (its ``build`` and ``active_params``); only the
+    inference form differs."""
 
     name = "moe-offload"
     version = "1"
@@ -41,9 +44,6 @@ class MoEOffload:
     scenarios = ("lm_train",)
     params = MoEOffloadParams
 
-    def build(self, config: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:
-        return build_moe(config, params, ctx)
-
     def inference(self, model: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:
         import torch
 
@@ -53,6 +53,3 @@ class MoEOffload:
         from .modeling import OffloadMoEForCausalLM
 
         return OffloadMoEForCausalLM.from_trained(model, device)
-
-    def active_params(self, model: Any, params: Mapping[str, Any]) -> int:
-        return moe_active_params(model)
