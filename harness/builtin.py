@@ -18,12 +18,13 @@ def harness_add_scenarios() -> Sequence[Scenario]:
     from harness.scenarios.adapt import AdaptScenario
     from harness.scenarios.continual import ContinualScenario
     from harness.scenarios.generate import GenerateScenario
+    from harness.scenarios.lm_eval import LMEvalScenario
     from harness.scenarios.lm_train import LMTrainScenario
     from harness.scenarios.perplexity import PerplexityScenario
 
     return [
         PerplexityScenario(), GenerateScenario(), AdaptScenario(), ContinualScenario(),
-        LMTrainScenario(),
+        LMTrainScenario(), LMEvalScenario(),
     ]  # fmt: skip
 
 
@@ -32,6 +33,7 @@ def harness_add_tasks() -> Sequence[Task]:
     from harness.scenarios import adapt
     from harness.scenarios.continual import SplitDigits, SplitImages, SplitShapes
     from harness.scenarios.generate import DecodeThroughput, KVRecall, Needle, Passkey
+    from harness.scenarios.lm_eval import LMEvalTasks
     from harness.scenarios.lm_train import StdlibLM
     from harness.scenarios.perplexity import StdlibText
 
@@ -39,7 +41,7 @@ def harness_add_tasks() -> Sequence[Task]:
         StdlibText(), Needle(), Passkey(), KVRecall(), DecodeThroughput(),
         adapt.DigitsShift(), adapt.ShapesCount(), adapt.ShapesPosition(),
         adapt.ShapesOrientation(), adapt.ImageFolder(), adapt.HFImages(),
-        SplitDigits(), SplitShapes(), SplitImages(), StdlibLM(),
+        SplitDigits(), SplitShapes(), SplitImages(), StdlibLM(), LMEvalTasks(),
     ]  # fmt: skip
 
 

@@ -20,14 +20,21 @@ What a run records:
 * ``train_step``: ``latency`` statistics of every step but the first (ms; stat ``first`` is
   the first step) with the raw samples, ``throughput`` (token/s, median);
   ``train``: ``steps``, ``tokens`` (count, token), ``initial_loss`` and ``final_loss`` (mean
-  of the first / last tenth of steps, nats), ``seconds`` (s), ``cached`` (1 when the trained
-  model came from the cache, 0 when this run trained it; the train figures then are those
-  of the run that trained it, stored beside the weights), and the loss curve as samples;
-* ``eval``: ``loss`` (nats/token), ``bits_per_token``, ``perplexity`` over ``eval_windows``
-  non-overlapping held-out windows of ``seq_len`` tokens chosen by the seed, and
-  ``scored_tokens``;
+  of the first / last tenth of steps, nats), ``seconds`` (s; the train phase's, or from the
+  cache), ``cached`` (1 when the trained model came from the cache, 0 when this run trained
+  it; the train figures then are those of the run that trained it, stored beside the
+  weights), and the loss curve as samples;
+* ``eval``: ``loss`` (nats/token), ``bits_per_token``, ``perplexity`` of the model as it is
+  measured at inference (the method's inference form: a quantized lookup table's loss
+  counts) over ``eval_windows`` non-overlapping held-out windows of ``seq_len`` tokens
+  chosen by the seed, and ``scored_tokens``; ``trained_form_bits_per_token`` (the trained
+  model's) and ``inference_form_delta_bits`` (inference form − trained form: 0 without an
+  inference form, the cost of re-parameterisation or quantization with one);
 * ``inference``: ``inference_device_bytes`` and ``inference_host_bytes`` (bytes; the
-  inference model's ``device_bytes()``/``host_bytes()``, else its parameter bytes / 0);
+  inference model's ``device_bytes()``/``host_bytes()``, else its parameter bytes / 0) and
+  the inference model's ``figures()`` (a quantized table's error); phases
+  ``derive_inference`` (building the inference form: re-parameterising, quantizing) and
+  ``eval_inference`` (its held-out loss) carry their seconds and memory peaks;
 * for each B in ``batch_sizes``: ``prefill_b{B}`` (a ``prompt_len`` prompt, fresh cache) and
   ``decode_b{B}`` (one call = ``new_tokens`` greedy steps after the prefilled prompt, on a
   copy of its cache) timed loops with their latency and throughput (token/s), plus
@@ -38,9 +45,10 @@ What a run records:
 
 Trained models are cached under ``<cache_dir>/lm_train/<recipe hash>/`` (``model.pt``, the
 state dict, and ``recipe.json`` with the training figures): the recipe is the config, the
-method (name, version, params), the task's training params, the seed, the device type and
-:data:`TRAINER_VERSION`, so a suite rerun, or another task that only changes how the model is
-measured, trains nothing twice.
+method (name, version, params — or the method's ``trained_as(params)``, so runs that differ
+only in the inference form share one trained model), the task's training params, the seed,
+the device type and :data:`TRAINER_VERSION`, so a suite rerun, or another task that only
+changes how the model is measured, trains nothing twice.
 """
 
 from __future__ import annotations
@@ -252,13 +260,48 @@ class LMTrainScenario:
     )  # fmt: skip
 
     def run(self, ctx: RunContext) -> None:
-        import torch
-
         p = ctx.task.params(**ctx.spec.task_params)
         method_params = dict(ctx.spec.params)
         seed = ctx.spec.seed
-        data = ctx.task.data(p, seed)
+        model, data = self.pretrain(ctx, ctx.task, p)
+        total = sum(t.numel() for t in model.parameters())
+        windows = eval_windows(data.eval_ids, p.seq_len, p.eval_windows, seed)
+        with ctx.phase("eval"):
+            trained_loss = self.eval_loss(model, windows, p.batch_size, ctx.device)
+        active = (
+            ctx.method.active_params(model, method_params)
+            if hasattr(ctx.method, "active_params")
+            else total
+        )
+        inf, loss = model, trained_loss
+        if hasattr(ctx.method, "inference"):
+            with ctx.phase("derive_inference"):
+                inf = ctx.method.inference(model, method_params, ctx).eval()
+            with ctx.phase("eval_inference"):
+                loss = self.eval_loss(inf, windows, p.batch_size, ctx.device)
+        record = ctx.recorder.record
+        # The headline first: the CLI's summary shows a run's first eval quality metric.
+        record("eval", "bits_per_token", loss / math.log(2), "bits/token", higher_is_better=False)
+        record("eval", "loss", loss, "nats/token", higher_is_better=False)
+        record("eval", "perplexity", math.exp(loss), "", higher_is_better=False)
+        record("eval", "scored_tokens", windows.numel() - windows.shape[0], "token")
+        record("eval", "trained_form_bits_per_token", trained_loss / math.log(2), "bits/token",
+               higher_is_better=False)  # fmt: skip
+        record("eval", "inference_form_delta_bits", (loss - trained_loss) / math.log(2),
+               "bits/token", higher_is_better=False)  # fmt: skip
+        record("model", "params_active", active, "count")
+        for name, (value, unit) in sorted(getattr(inf, "figures", dict)().items()):
+            record("inference", name, value, unit)
+        self.measure_inference(ctx, inf, data.eval_ids, p)
 
+    def pretrain(self, ctx: RunContext, task: Any, p: LMTaskParams) -> tuple[Any, LMData]:
+        """The run's method's model trained on ``task``'s data within ``p``'s budget (or the
+        cached one an equal recipe trained), in eval mode, with its training figures and
+        parameter counts recorded; and the task's data (tokenizer, token ids)."""
+        import torch
+
+        method_params = dict(ctx.spec.params)
+        data = task.data(p, ctx.spec.seed)
         config = ctx.load_model("config")
         tokenizer = data.tokenizer
         config.vocab_size = len(tokenizer)
@@ -267,11 +310,11 @@ class LMTrainScenario:
             if value is not None:
                 setattr(config, attr, value)
 
-        torch.manual_seed(seed)
+        torch.manual_seed(ctx.spec.seed)
         model = ctx.method.build(config, method_params, ctx)
-        total, _ = ctx.count_parameters(model)
+        ctx.count_parameters(model)
 
-        recipe = self.recipe(ctx, config, p)
+        recipe = self.recipe(ctx, task.name, config, p)
         final = Path(ctx.cache_dir) / "lm_train" / recipe_hash(recipe)
         trained: dict[str, Any] = {}
 
@@ -289,45 +332,25 @@ class LMTrainScenario:
             model.load_state_dict(state)
             trained = json.loads((final / "recipe.json").read_text())
         self.record_training(ctx, trained, p, cached)
+        return model.eval(), data
 
-        model.eval()
-        windows = eval_windows(data.eval_ids, p.seq_len, p.eval_windows, seed)
-        with ctx.phase("eval"):
-            loss = self.eval_loss(model, windows, p.batch_size, ctx.device)
-        record = ctx.recorder.record
-        # The headline first: the CLI's summary shows a run's first eval quality metric.
-        record("eval", "bits_per_token", loss / math.log(2), "bits/token", higher_is_better=False)
-        record("eval", "loss", loss, "nats/token", higher_is_better=False)
-        record("eval", "perplexity", math.exp(loss), "", higher_is_better=False)
-        record("eval", "scored_tokens", windows.numel() - windows.shape[0], "token")
-
-        active = (
-            ctx.method.active_params(model, method_params)
-            if hasattr(ctx.method, "active_params")
-            else total
-        )
-        record("model", "params_active", active, "count")
-        inf = (
-            ctx.method.inference(model, method_params, ctx)
-            if hasattr(ctx.method, "inference")
-            else model
-        )
-        inf.eval()
-        self.measure_inference(ctx, inf, data.eval_ids, p)
-
-    def recipe(self, ctx: RunContext, config: Any, p: LMTaskParams) -> dict[str, Any]:
+    def recipe(
+        self, ctx: RunContext, task: str, config: Any, p: LMTaskParams
+    ) -> dict[str, Any]:
         """What the trained weights depend on (see the module docstring)."""
         config_dict = {k: v for k, v in config.to_dict().items() if k != "transformers_version"}
+        params = dict(ctx.spec.params)
+        method = (
+            dict(ctx.method.trained_as(params))
+            if hasattr(ctx.method, "trained_as")
+            else {"name": ctx.spec.method, "version": ctx.spec.method_version, "params": params}
+        )
         return {
             "trainer": TRAINER_VERSION,
             "config": config_dict,
-            "method": {
-                "name": ctx.spec.method,
-                "version": ctx.spec.method_version,
-                "params": dict(ctx.spec.params),
-            },
+            "method": method,
             "task": {
-                "name": ctx.spec.task,
+                "name": task,
                 "params": {k: v for k, v in p.model_dump().items() if k not in MEASURE_ONLY},
             },
             "seed": ctx.spec.seed,
@@ -399,7 +422,8 @@ class LMTrainScenario:
         record("train", "tokens", len(losses) * tokens_per_step, "token")
         record("train", "initial_loss", _tail_mean(losses, head=True), "nats")
         record("train", "final_loss", _tail_mean(losses), "nats")
-        record("train", "seconds", info["train_seconds"], "s")
+        if cached:  # the train phase did not run here: its seconds come from the cache
+            record("train", "seconds", info["train_seconds"], "s")
         record("train", "cached", 1 if cached else 0, "flag")
         ctx.recorder.record_samples("train", "loss", "nats", losses)
 

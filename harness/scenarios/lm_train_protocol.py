@@ -21,7 +21,12 @@ A method provides
   ``model(input_ids=ids, past_key_values=cache, use_cache=True)`` returning ``.logits``
   and ``.past_key_values``, and it may provide the :class:`InferenceCosts` methods;
 * optionally ``active_params(model, params) -> int`` — parameters that compute for one token
-  (a top-k MoE activates k of its experts); without it every parameter is active.
+  (a top-k MoE activates k of its experts); without it every parameter is active;
+* optionally ``trained_as(params) -> {"name", "version", "params"}`` — what the trained
+  weights depend on, for the cache of trained models: runs with equal values share one
+  trained model (params that only change the inference form left out; a method that
+  measures another method's trained model in another form names that method). Without it
+  the method's own name, version and params.
 
 ``params`` is the run's method params as a mapping; every method's schema derives from
 :class:`LMTrainParams`, so it carries the learning rate.
@@ -73,7 +78,9 @@ class InferenceCosts(Protocol):
     * ``counters()`` — additive counters since the last ``reset_counters()``, as
       ``{name: (value, unit)}``; ``h2d_bytes`` (bytes copied host→device) is the one the
       scenario turns into bytes per generated token;
-    * ``reset_counters()``.
+    * ``reset_counters()``;
+    * ``figures()`` — fixed figures of the inference form as ``{name: (value, unit)}``
+      (a quantized table's error against what it replaces), recorded once.
     """
 
     def device_bytes(self) -> int: ...
@@ -83,6 +90,8 @@ class InferenceCosts(Protocol):
     def counters(self) -> dict[str, tuple[float, str]]: ...
 
     def reset_counters(self) -> None: ...
+
+    def figures(self) -> dict[str, tuple[float, str]]: ...
 
 
 def parameter_bytes(module: torch.nn.Module) -> int:

@@ -22,7 +22,7 @@ class Full:
     name = "full"
     version = "1"
     description = "full KV cache at the model's dtype (transformers' DynamicCache): the reference"
-    scenarios = ("generate",)
+    scenarios = ("generate", "lm_eval")
     params = NoParams
 
     def make_cache(self, model: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:

@@ -148,7 +148,7 @@ class H2O:
         "H2O: keep the `heavy` tokens with the largest accumulated attention (per KV head, "
         "summed over its query heads) and the `recent` most recent ones"
     )
-    scenarios = ("generate",)
+    scenarios = ("generate", "lm_eval")
     params = H2OParams
 
     def make_cache(self, model: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:

@@ -135,7 +135,7 @@ class KIVI:
         "KIVI: asymmetric group quantization of the KV cache (keys per channel, values per "
         "token, real bit packing) with a full-precision window of recent tokens"
     )
-    scenarios = ("generate",)
+    scenarios = ("generate", "lm_eval")
     params = KIVIParams
 
     def make_cache(self, model: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:

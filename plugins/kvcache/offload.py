@@ -66,7 +66,7 @@ class Offload:
         "transformers' offloaded DynamicCache: full K/V in host memory, each layer prefetched "
         "to the GPU when used (CUDA only)"
     )
-    scenarios = ("generate",)
+    scenarios = ("generate", "lm_eval")
     params = NoParams
 
     def make_cache(self, model: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:

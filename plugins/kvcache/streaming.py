@@ -85,7 +85,7 @@ class Streaming:
         "StreamingLLM: keep the first `sinks` tokens and the `window` most recent ones "
         "(positions keep counting; cached keys are not re-rotated)"
     )
-    scenarios = ("generate",)
+    scenarios = ("generate", "lm_eval")
     params = StreamingParams
 
     def make_cache(self, model: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:

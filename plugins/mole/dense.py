@@ -26,7 +26,7 @@ class DenseLM:
     name = "dense-lm"
     version = "1"
     description = "dense Llama decoder (transformers LlamaForCausalLM): the reference LM"
-    scenarios = ("lm_train",)
+    scenarios = ("lm_train", "lm_eval")
     params = DenseLMParams
 
     def build(self, config: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:

@@ -27,8 +27,9 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from harness.scenarios.lm_train_protocol import parameter_bytes
 
+from .lookup import Codec, LookupTable, TableError
+
 __all__ = [
-    "LUT_DTYPES",
     "ExpertCache",
     "ExpertFFN",
     "LookupMLP",
@@ -44,9 +45,6 @@ __all__ = [
     "derive",
     "expert_apply",
 ]
-
-LUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 def as_llama(config: Any) -> LlamaConfig:
     """The suite's transformers config as a ``LlamaConfig`` (the shape fields carry over)."""
@@ -169,21 +167,16 @@ class MoLEForCausalLM(LlamaForCausalLM):
         )
 
     @torch.no_grad()
-    def lookup_table(self, dtype: torch.dtype = torch.float16, chunk: int = 4096) -> torch.Tensor:
-        """``LUT[v, ℓ, j, :] = FFN_j^ℓ(RMSNorm_ℓ(E[v]))`` for every vocab id, as ``[V, L·N·d]``
-        at ``dtype`` on the model's device (computed in the experts' dtype, chunked over V)."""
-        table = self.model.embed_tokens.weight
-        vocab, d = table.shape
-        layers = len(self.model.layers)
-        lut = torch.empty(vocab, layers, self.experts, d, dtype=dtype, device=table.device)
-        for start in range(0, vocab, chunk):
-            emb = table[start : start + chunk]
-            for i, layer in enumerate(self.model.layers):
-                u = layer.mlp.norm(emb)
-                for j, expert in enumerate(layer.mlp.experts):
-                    w = expert.gate_proj.weight
-                    lut[start : start + chunk, i, j] = expert(u.to(w.dtype)).to(dtype)
-        return lut.reshape(vocab, layers * self.experts * d)
+    def expert_outputs(self, start: int, stop: int) -> torch.Tensor:
+        """``[FFN_j^ℓ(RMSNorm_ℓ(E[v]))]_{ℓ,j}`` for vocab ids ``start ≤ v < stop`` as fp32
+        ``[stop − start, L·N·d]``: the lookup table's rows (computed in the experts' dtype)."""
+        emb = self.model.embed_tokens.weight[start:stop]
+        out = []
+        for layer in self.model.layers:
+            u = layer.mlp.norm(emb)
+            for expert in layer.mlp.experts:
+                out.append(expert(u.to(expert.gate_proj.weight.dtype)).float())
+        return torch.stack(out, dim=1).reshape(stop - start, -1)
 
 
 class LookupMLP(nn.Module):
@@ -208,14 +201,15 @@ class LookupMLP(nn.Module):
 
 
 class MoLELookupForCausalLM(LlamaForCausalLM):
-    """MoLE re-parameterised: the routed experts are gone; one table ``[V, L·N·d]`` (a plain
-    tensor, not a parameter, so ``.to()`` leaves it where it is) holds their outputs.
+    """MoLE re-parameterised: the routed experts are gone; one :class:`~.lookup.LookupTable`
+    ``[V, L·N·d]`` (plain tensors, not parameters, so ``.to()`` leaves it where it is) holds
+    their outputs, at a float dtype or quantized.
 
-    Each forward gathers the step's rows once (``index_select``), and on CUDA with the table
-    in pinned host memory copies them to the device from a pinned staging buffer on a side
-    stream, with an event every layer waits on. ``h2d_bytes`` counts the gathered rows
-    (``B·T·L·N·d·element size``) whenever the table is in host memory — on a CPU-only run
-    nothing crosses a bus, and the counter reports what *would* cross PCIe.
+    Each forward gathers the step's rows once; on CUDA with the table in pinned host memory
+    it gathers them into pinned staging buffers, copies them on a side stream and decodes
+    them there, with an event every layer waits on. ``h2d_bytes`` counts the gathered rows'
+    stored bytes (``B·T`` × the table's row bytes) whenever the table is in host memory — on
+    a CPU-only run nothing crosses a bus, and the counter reports what *would* cross PCIe.
     """
 
     def __init__(self, config: LlamaConfig, experts: int = 4):
@@ -224,27 +218,33 @@ class MoLELookupForCausalLM(LlamaForCausalLM):
         self._stash = _Stash()
         for i, layer in enumerate(self.model.layers):
             layer.mlp = LookupMLP(layer.mlp, config, experts, i, self._stash)
-        self.lut: torch.Tensor | None = None
+        self.table: LookupTable | None = None
+        self.table_error: TableError | None = None
         self.lut_place = "host"
-        self._staging: torch.Tensor | None = None
+        self._staging: list[torch.Tensor] = []
         self._stream: Any = None
         self._copied: Any = None
         self.h2d_bytes = 0
 
     @classmethod
-    def from_trained(cls, trained: MoLEForCausalLM, dtype: torch.dtype = torch.float16,
+    def from_trained(cls, trained: MoLEForCausalLM, codec: Codec,
                      lut_device: str = "host") -> MoLELookupForCausalLM:  # fmt: skip
-        """Share ``trained``'s non-expert weights; build the table, keep it on ``lut_device``
-        (``host``: CPU, pinned when CUDA is there; ``device``: the model's device)."""
+        """Share ``trained``'s non-expert weights; build the table with ``codec`` and keep
+        it on ``lut_device`` (``host``: CPU, pinned when CUDA is there; ``device``: the
+        model's device)."""
         with torch.device("meta"):
             model = cls(trained.config, trained.experts)
         derive(model, trained)
-        lut = trained.lookup_table(dtype)
+        vocab = trained.model.embed_tokens.weight.shape[0]
+        table, model.table_error = LookupTable.build(
+            trained.expert_outputs, vocab, model._width(), codec
+        )
         if lut_device == "host":
-            lut = lut.cpu()
             if torch.cuda.is_available():
-                lut = lut.pin_memory()
-        model.lut, model.lut_place = lut, lut_device
+                table = table.pin_memory()
+        else:
+            table = table.to(trained.model.embed_tokens.weight.device)
+        model.table, model.lut_place = table, lut_device
         return model.eval()
 
     def _width(self) -> int:
@@ -253,31 +253,34 @@ class MoLELookupForCausalLM(LlamaForCausalLM):
     def lut_on_host(self) -> bool:
         """Whether the table is in host memory (``lut_device: host``; on a CPU-only run host
         and device are the same memory, and this says which the method counts it as)."""
-        return self.lut is not None and self.lut_place == "host"
+        return self.table is not None and self.lut_place == "host"
 
     def _gather(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        assert self.lut is not None, "no lookup table: build with from_trained"
+        table = self.table
+        assert table is not None, "no lookup table: build with from_trained"
         device = self.model.embed_tokens.weight.device
         shape = (*ids.shape, len(self.model.layers), self.experts, self.config.hidden_size)
         flat = ids.reshape(-1)
         if self.lut_on_host():
-            self.h2d_bytes += flat.numel() * self._width() * self.lut.element_size()
-        if self.lut.device == device:
-            return self.lut.index_select(0, flat.to(device)).view(shape), None
+            self.h2d_bytes += flat.numel() * table.row_bytes()
+        if table.device == device:
+            return table.rows(flat).view(shape), None
         if device.type != "cuda":  # table on CPU, model elsewhere but not CUDA: plain copy
-            return self.lut.index_select(0, flat.cpu()).to(device).view(shape), None
-        if self._copied is not None:  # the staging buffer is free once the last copy is done
+            parts = [p.to(device) for p in table.gather(flat.cpu())]
+            return table.decode(parts).view(shape), None
+        if self._copied is not None:  # the staging buffers are free once the last copy is done
             self._copied.synchronize()
         n = flat.numel()
-        if self._staging is None or self._staging.shape[0] < n:
-            self._staging = torch.empty((n, self._width()), dtype=self.lut.dtype).pin_memory()
-        staging = self._staging[:n]
-        torch.index_select(self.lut, 0, flat.cpu(), out=staging)
+        if not self._staging or self._staging[0].shape[0] < n:
+            self._staging = [
+                torch.empty((n, *p.shape[1:]), dtype=p.dtype).pin_memory() for p in table.parts
+            ]
+        staged = table.gather(flat.cpu(), [s[:n] for s in self._staging])
         if self._stream is None:
             self._stream = torch.cuda.Stream(device)
         self._stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(self._stream):
-            rows = staging.to(device, non_blocking=True)
+            rows = table.decode([s.to(device, non_blocking=True) for s in staged])
             event = torch.cuda.Event()
             event.record(self._stream)
         rows.record_stream(torch.cuda.current_stream(device))
@@ -294,7 +297,7 @@ class MoLELookupForCausalLM(LlamaForCausalLM):
             self._stash.rows = self._stash.event = None
 
     def lut_bytes(self) -> int:
-        return 0 if self.lut is None else self.lut.numel() * self.lut.element_size()
+        return 0 if self.table is None else self.table.nbytes()
 
     def device_bytes(self) -> int:
         return parameter_bytes(self) + (0 if self.lut_on_host() else self.lut_bytes())
@@ -307,6 +310,14 @@ class MoLELookupForCausalLM(LlamaForCausalLM):
 
     def reset_counters(self) -> None:
         self.h2d_bytes = 0
+
+    def figures(self) -> dict[str, tuple[float, str]]:
+        """The stored table against the fp32 expert outputs it replaces, and its row size."""
+        figures = {"lut_row_bytes": (float(self.table.row_bytes()), "bytes")} if self.table else {}
+        if self.table_error is not None:
+            figures["lut_rel_rms_error"] = (self.table_error.rel_rms, "ratio")
+            figures["lut_max_abs_error"] = (self.table_error.max_abs, "")
+        return figures
 
 
 def derive(model: nn.Module, trained: nn.Module) -> None:

@@ -72,11 +72,15 @@ class MoE:
         "Mixtral-like top-k MoE (top-2 of 10 half-width experts), load-balance 0.01 + "
         "z-loss 0.001: the paper's MoE baseline"
     )
-    scenarios = ("lm_train",)
+    scenarios = ("lm_train", "lm_eval")
     params = MoEParams
 
     def build(self, config: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:
         return build_moe(config, params, ctx)
+
+    def trained_as(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``moe``'s identity, for ``moe-offload`` too: both measure one trained model."""
+        return {"name": MoE.name, "version": MoE.version, "params": dict(params)}
 
     def active_params(self, model: Any, params: Mapping[str, Any]) -> int:
         return moe_active_params(model)

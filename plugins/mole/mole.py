@@ -11,14 +11,19 @@ decode with a cache gives the experts the current tokens only.
 
 Inference form (:class:`~.modeling.MoLELookupForCausalLM`): re-parameterised — the routed
 experts become one table ``LUT[v] = [FFN_j^ℓ(RMSNorm_ℓ(E[v]))]_{ℓ,j}`` of shape
-``[V, L·N·d]`` at ``lut_dtype``, kept in host memory (pinned with CUDA; ``lut_device:
+``[V, L·N·d]`` stored as ``lut_dtype`` (fp32/fp16/bf16, or quantized after training as the
+paper's post-training LUT quantization does: bitsandbytes' blockwise int8 or NF4, one fp32
+absmax per ``lut_block`` values), kept in host memory (pinned with CUDA; ``lut_device:
 host``) or on the device. Each forward gathers the step's rows once and (CUDA, host table)
-copies them non-blocking from a pinned staging buffer on a side stream, the layers waiting
-on its event; layer ℓ adds ``Σ_j g_j · LUT_ℓ[id, j]``. The router still runs on the
-contextual state. Costs: ``device_bytes`` the shared weights (plus the table when on the
-device), ``host_bytes`` the table when on host (``V·L·N·d·element size``), counter
-``h2d_bytes`` = ``B·T·L·N·d·element size`` per forward when the table is on host (on a
-CPU-only run: the bytes that would cross PCIe; nothing is copied).
+copies them non-blocking from pinned staging buffers on a side stream, decoding them there,
+the layers waiting on its event; layer ℓ adds ``Σ_j g_j · LUT_ℓ[id, j]``. The router still
+runs on the contextual state. Costs: ``device_bytes`` the shared weights (plus the table
+when on the device), ``host_bytes`` the table when on host (``V`` × row bytes; a row is
+``L·N·d`` × element size, or for int8/nf4 its codes plus scales), counter ``h2d_bytes`` =
+``B·T`` × row bytes per forward when the table is on host (on a CPU-only run: the bytes that
+would cross PCIe; nothing is copied). Figures: the stored table's relative RMS and max
+error against the fp32 expert outputs; the scenario scores held-out loss in this form too.
+The table's storage params (``lut_*``) do not change the trained model (``trained_as``).
 
 ``active_params``: the parameters that compute for a token at inference — the total
 minus the routed experts and their input norms (which the lookup table replaces), for
@@ -31,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from harness.api import RunContext
 from harness.scenarios.lm_train_protocol import LMTrainParams
@@ -46,12 +51,28 @@ class MoLEParams(LMTrainParams):
     expert_hidden: int | None = Field(
         None, ge=1, description="routed experts' FFN width (None: the shared FFN's)"
     )
-    lut_dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float16", description="element type of the re-parameterised lookup table"
+    lut_dtype: Literal["float32", "float16", "bfloat16", "int8", "nf4"] = Field(
+        "float16",
+        description="how the lookup table is stored: a float dtype, or quantized after "
+        "training by bitsandbytes (int8: blockwise 8-bit, nf4: 4-bit NormalFloat)",
+    )
+    lut_block: int = Field(
+        128, description="int8/nf4: values sharing one absmax scale (a power of two, 64-4096)"
     )
     lut_device: Literal["host", "device"] = Field(
         "host", description="host: table in (pinned) host memory, rows copied per step"
     )
+
+    @field_validator("lut_block")
+    @classmethod
+    def _power_of_two(cls, block: int) -> int:
+        if block < 64 or block > 4096 or block & (block - 1):
+            raise ValueError(f"lut_block must be a power of two from 64 to 4096, not {block}")
+        return block
+
+
+#: Params that only change the inference form: runs differing in them share a trained model.
+INFERENCE_ONLY = frozenset({"lut_dtype", "lut_block", "lut_device"})
 
 
 class MoLE:
@@ -63,7 +84,7 @@ class MoLE:
         "Mixture of Lookup Experts: routed FFNs on the token embedding, trained densely, "
         "re-parameterised to a [V, L·N·d] lookup table in host memory at inference"
     )
-    scenarios = ("lm_train",)
+    scenarios = ("lm_train", "lm_eval")
     params = MoLEParams
 
     def build(self, config: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:
@@ -74,10 +95,18 @@ class MoLE:
         return model.to(ctx.device).train()
 
     def inference(self, model: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:
-        from .modeling import LUT_DTYPES, MoLELookupForCausalLM
+        from .lookup import codec
+        from .modeling import MoLELookupForCausalLM
 
         p = MoLEParams(**params)
-        return MoLELookupForCausalLM.from_trained(model, LUT_DTYPES[p.lut_dtype], p.lut_device)
+        return MoLELookupForCausalLM.from_trained(
+            model, codec(p.lut_dtype, p.lut_block), p.lut_device
+        )
+
+    def trained_as(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The trained model does not depend on how its table is stored or where."""
+        kept = {k: v for k, v in params.items() if k not in INFERENCE_ONLY}
+        return {"name": self.name, "version": self.version, "params": kept}
 
     def active_params(self, model: Any, params: Mapping[str, Any]) -> int:
         total = sum(p.numel() for p in model.parameters())

@@ -1,14 +1,14 @@
 """``moe-offload``: the trained ``moe`` at inference with its experts in host memory — the
 paper's MoE + expert-offloading baseline (CUDA only).
 
-``build`` is ``moe``'s (the run trains its own copy). ``inference`` keeps the shared
-weights and routers on the device and moves every expert to pinned host memory; each layer
-has an :class:`~.modeling.ExpertCache` holding the experts the previous step used: a step
-routes its tokens, loads the experts it needs that are not resident (``non_blocking`` from
-pinned memory) and then keeps exactly those. Reported: ``device_bytes`` shared weights plus
-the resident experts, ``host_bytes`` all experts, counters ``h2d_bytes`` (bytes of the
-experts loaded) and ``expert_loads``. On CPU there is nothing to offload to:
-``Unsupported``.
+``build`` and ``trained_as`` are ``moe``'s, so the ``moe`` run's trained model (same params,
+seed and task) is reused from the cache. ``inference`` keeps the shared weights and routers
+on the device and moves every expert to pinned host memory; each layer has an
+:class:`~.modeling.ExpertCache` holding the experts the previous step used: a step routes
+its tokens, loads the experts it needs that are not resident (``non_blocking`` from pinned
+memory) and then keeps exactly those. Reported: ``device_bytes`` shared weights plus the
+resident experts, ``host_bytes`` all experts, counters ``h2d_bytes`` (bytes of the experts
+loaded) and ``expert_loads``. On CPU there is nothing to offload to: ``Unsupported``.
 
 ``active_params``: as ``moe``'s — the non-expert weights plus ``top_k`` experts per layer.
 """
@@ -41,7 +41,7 @@ class MoEOffload(MoE):
         "the moe baseline at inference with experts in pinned host memory, loaded on "
         "demand into a per-layer cache of the previous step's experts (CUDA only)"
     )
-    scenarios = ("lm_train",)
+    scenarios = ("lm_train", "lm_eval")
     params = MoEOffloadParams
 
     def inference(self, model: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:

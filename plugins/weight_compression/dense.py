@@ -19,7 +19,7 @@ class Dense:
     name = "dense"
     version = "1"
     description = "unchanged floating-point weights (the baseline every method is compared with)"
-    scenarios = ("perplexity",)
+    scenarios = ("perplexity", "lm_eval")
     params = NoParams
 
     def apply(

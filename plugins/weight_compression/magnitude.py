@@ -46,7 +46,7 @@ class Magnitude:
         "unstructured magnitude pruning of Linear weights to a given sparsity "
         "(zeros are simulated: quality and storage change, latency does not)"
     )
-    scenarios = ("perplexity",)
+    scenarios = ("perplexity", "lm_eval")
     params = MagnitudeParams
 
     def apply(

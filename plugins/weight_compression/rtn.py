@@ -81,7 +81,7 @@ class RTN:
         "round-to-nearest asymmetric min-max group quantization of Linear weights "
         "(weight-only, simulated: quality and storage change, latency does not)"
     )
-    scenarios = ("perplexity",)
+    scenarios = ("perplexity", "lm_eval")
     params = RTNParams
 
     def apply(

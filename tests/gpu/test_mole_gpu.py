@@ -62,6 +62,29 @@ def test_mole_lookup_from_pinned_host_memory_is_exact_and_counted(config, ctx) -
     assert lookup.counters()["h2d_bytes"][0] == 2 * 8 * 2 * 4 * 32 * 4
 
 
+@pytest.mark.parametrize("dtype", ["int8", "nf4"])
+def test_quantized_lookup_decodes_on_the_device_as_on_the_host(config, ctx, dtype) -> None:
+    """The side stream copies codes and scales only, and bitsandbytes' CUDA dequantization
+    gives the rows its CPU dequantization gives."""
+    pytest.importorskip("bitsandbytes")
+    from harness_plugins.mole import MoLE
+
+    torch.manual_seed(0)
+    params = {**PARAMS, "lut_dtype": dtype, "lut_block": 64}
+    model = MoLE().build(config, params, ctx).eval()
+    lookup = MoLE().inference(model, params, ctx)
+    assert lookup.table.device.type == "cpu" and lookup.table.parts[0].is_pinned()
+    ids = torch.randint(0, 50, (2, 8), device="cuda")
+    rows, event = lookup._gather(ids)
+    torch.cuda.current_stream().wait_event(event)
+    on_host = lookup.table.rows(ids.reshape(-1).cpu()).view(rows.shape)
+    torch.testing.assert_close(rows.cpu().float(), on_host.float(), atol=1e-6, rtol=0)
+    assert lookup.counters()["h2d_bytes"][0] == 16 * lookup.table.row_bytes()
+    with torch.no_grad():
+        delta = (model(input_ids=ids).logits - lookup(input_ids=ids).logits).abs().max()
+    assert 0 < delta < 0.5
+
+
 def test_moe_offload_matches_moe_and_loads_only_missing_experts(config, ctx) -> None:
     from harness_plugins.mole import MoE, MoEOffload
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ class Counting(torch.nn.Module):
     def reset_counters(self) -> None:
         self.h2d = 0
 
+    def figures(self) -> dict[str, tuple[float, str]]:
+        return {"table_error": (0.25, "ratio")}
+
 
 class WithCounters(Dense):
     name = "counting-test"
@@ -105,6 +109,8 @@ def test_trains_evaluates_measures_and_caches(config_dir: str, tmp_path: Path) -
     assert value("train", "cached") == 0
     assert "train" in ctx.phases and "eval" in ctx.phases
     assert value("train", "steps") == 20
+    # The train phase records its seconds (this fake context's phases record nothing).
+    assert not [m for m in rec.metrics if (m.phase, m.metric) == ("train", "seconds")]
     assert value("train", "tokens") == 20 * 8 * 32
     assert value("train", "final_loss") < value("train", "initial_loss") - 0.3
     loss = value("eval", "loss")
@@ -112,6 +118,10 @@ def test_trains_evaluates_measures_and_caches(config_dir: str, tmp_path: Path) -
     assert value("eval", "bits_per_token") == pytest.approx(loss / math.log(2))
     assert value("eval", "perplexity") == pytest.approx(math.exp(loss))
     assert value("eval", "scored_tokens") == 8 * 31
+    # No inference form: the measured model is the trained one.
+    assert value("eval", "trained_form_bits_per_token") == value("eval", "bits_per_token")
+    assert value("eval", "inference_form_delta_bits") == 0
+    assert "derive_inference" not in ctx.phases and "eval_inference" not in ctx.phases
     tokenizer_len = len(StdlibLM().data(StdlibLM.params(**TASK), 0).tokenizer)
     total = value("model", "total_params")
     assert total == sum(p.numel() for p in LlamaForCausalLM(
@@ -146,8 +156,11 @@ def test_trains_evaluates_measures_and_caches(config_dir: str, tmp_path: Path) -
     assert again.recorder.value("train", "cached") == 1
     assert "train" not in again.phases
     assert again.recorder.value("eval", "loss") == pytest.approx(loss, abs=1e-6)
-    for name in ("final_loss", "steps", "seconds"):
+    for name in ("final_loss", "steps"):
         assert again.recorder.value("train", name) == value("train", name)
+    (model_dir,) = (d for d in tmp_path.joinpath("lm_train").iterdir() if d.is_dir())
+    trained = json.loads((model_dir / "recipe.json").read_text())
+    assert again.recorder.value("train", "seconds") == trained["train_seconds"] > 0
     assert again.recorder.value("train_step", "latency", "median") == value(
         "train_step", "latency", "median")  # fmt: skip
     assert len(list(tmp_path.joinpath("lm_train").iterdir())) == 1 + 1  # model dir + lock
@@ -168,6 +181,50 @@ def test_method_counters_inference_form_and_active_params(config_dir: str, tmp_p
         assert metric(ctx.recorder, f"decode_b{b}", "h2d_bytes_per_token").unit == "bytes"
         assert value(f"decode_b{b}", "h2d_bytes") == 7 * 4 * b
         assert value(f"decode_b{b}", "lookups") == 1
+    assert value("inference", "table_error") == 0.25
+    # The inference form is scored too: here it computes what the trained model does.
+    assert {"derive_inference", "eval_inference"} <= set(ctx.phases)
+    assert value("eval", "inference_form_delta_bits") == pytest.approx(0, abs=1e-6)
+
+
+class Noisy(torch.nn.Module):
+    """An inference form whose logits are the trained model's plus seeded noise."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        out = self.inner(input_ids=input_ids, **kwargs)
+        noise = torch.randn(out.logits.shape, generator=torch.Generator().manual_seed(0))
+        out.logits = out.logits + 2.0 * noise
+        return out
+
+
+class NoisyForm(Dense):
+    """Trains the dense model (``trained_as`` says so); measures a worse form of it."""
+
+    name = "noisy-test"
+
+    def inference(self, model: torch.nn.Module, params: Any, ctx: Any) -> torch.nn.Module:
+        return Noisy(model)
+
+    def trained_as(self, params: Any) -> dict[str, Any]:
+        return {"name": Dense.name, "version": Dense.version, "params": dict(params)}
+
+
+def test_the_headline_is_the_inference_form_and_trained_as_shares_the_model(
+    config_dir: str, tmp_path: Path
+) -> None:
+    dense = run(config_dir, tmp_path, Dense(), steps=5).recorder.value
+    noisy = run(config_dir, tmp_path, NoisyForm(), steps=5).recorder.value
+    assert noisy("train", "cached") == 1  # dense-test's trained model, from the cache
+    assert noisy("eval", "trained_form_bits_per_token") == pytest.approx(
+        dense("eval", "bits_per_token"), abs=1e-6)  # fmt: skip
+    delta = noisy("eval", "inference_form_delta_bits")
+    assert delta > 0.1
+    assert noisy("eval", "bits_per_token") == pytest.approx(
+        dense("eval", "bits_per_token") + delta, abs=1e-6)  # fmt: skip
 
 
 def test_aux_loss_is_added_to_the_training_loss(config_dir: str, tmp_path: Path) -> None:

@@ -86,7 +86,10 @@ def test_every_method_has_conformance_settings() -> None:
     assert set(METHODS) - {"full"} - CPU_UNSUPPORTED == set(COMPRESSING)
     for method in METHODS.values():
         assert isinstance(method, Method)
-        assert method.scenarios == ("generate",)
+        assert method.scenarios[0] == "generate"
+        assert set(method.scenarios) <= {"generate", "lm_eval"}
+        # lm-eval generates with transformers' generate: only a cache, not a decode loop.
+        assert ("lm_eval" in method.scenarios) == (not hasattr(method, "make_decoder"))
         assert callable(method.make_cache)
 
 

@@ -20,7 +20,7 @@ def test_registered_methods() -> None:
     methods = {m.name: m for m in harness_add_methods()}
     assert set(methods) == {"dense-lm", "mole", "moe", "moe-offload"}
     for method in methods.values():
-        assert method.scenarios == ("lm_train",)
+        assert method.scenarios == ("lm_train", "lm_eval")
         assert issubclass(method.params, LMTrainParams)
 
 
@@ -74,6 +74,12 @@ def test_moe_offload_is_cuda_only(config, ctx) -> None:
     assert isinstance(model, MoEForCausalLM)
     with pytest.raises(Unsupported, match="CUDA"):
         MoEOffload().inference(model, MOE, ctx)
+
+
+def test_moe_offload_measures_the_moe_runs_trained_model() -> None:
+    params = MoE.params(experts=6).model_dump()
+    assert MoEOffload().trained_as(params) == MoE().trained_as(params)
+    assert MoE().trained_as(params)["name"] == "moe"
 
 
 def test_expert_cache_loads_only_missing_experts() -> None:

@@ -75,35 +75,89 @@ def test_experts_see_only_the_current_tokens_embedding(config, ctx) -> None:
     torch.testing.assert_close(seen[1][0, 0], model.model.embed_tokens.weight[9])
 
 
-@pytest.mark.parametrize(("dtype", "size"), [("float16", 2), ("float32", 4), ("bfloat16", 2)])
-def test_lut_size(config, ctx, dtype, size) -> None:
+#: Bytes a row of the 2-layer, 4-expert, d=32 test table takes: 256 values, stored as a float
+#: dtype, or as int8 / nf4 codes plus one fp32 absmax per 64-value block.
+ROW_BYTES = {"float32": 256 * 4, "float16": 256 * 2, "bfloat16": 256 * 2,
+             "int8": 256 + 4 * 4, "nf4": 128 + 4 * 4}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", sorted(ROW_BYTES))
+def test_lut_size(config, ctx, dtype) -> None:
     model = trained(config, ctx)
-    lookup = METHOD.inference(model, {**PARAMS, "lut_dtype": dtype}, ctx)
-    assert lookup.lut.shape == (50, 2 * 4 * 32)
-    assert lookup.lut.element_size() == size
-    assert lookup.host_bytes() == 50 * 2 * 4 * 32 * size
-    assert not any(t.data_ptr() == lookup.lut.data_ptr() for t in lookup.parameters())
+    lookup = METHOD.inference(model, {**PARAMS, "lut_dtype": dtype, "lut_block": 64}, ctx)
+    table = lookup.table
+    assert table.width == 2 * 4 * 32
+    assert table.row_bytes() == ROW_BYTES[dtype]
+    assert lookup.host_bytes() == table.nbytes() == 50 * ROW_BYTES[dtype]
+    stored = {t.data_ptr() for t in table.parts}
+    assert not any(t.data_ptr() in stored for t in lookup.parameters())
+    assert lookup.figures()["lut_row_bytes"] == (ROW_BYTES[dtype], "bytes")
 
 
 def test_lookup_table_rows_are_the_experts_outputs(config, ctx) -> None:
     model = trained(config, ctx)
     lookup = METHOD.inference(model, PARAMS, ctx)
-    table = lookup.lut.view(50, 2, 4, 32)
+    table = lookup.table.rows(torch.arange(50)).view(50, 2, 4, 32)
     layer = model.model.layers[1].mlp
     with torch.no_grad():
         expected = layer.experts[3](layer.norm(model.model.embed_tokens.weight[17]))
     torch.testing.assert_close(table[17, 1, 3], expected)
+    assert lookup.figures()["lut_rel_rms_error"] == (0.0, "ratio")
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_h2d_counter_is_gathered_rows(config, ctx, dtype) -> None:
+@pytest.mark.parametrize(("dtype", "most"), [("float16", 1e-3), ("int8", 0.03), ("nf4", 0.15)])
+def test_quantized_table_error_is_measured_and_gathering_is_exact(config, ctx, dtype,
+                                                                  most) -> None:  # fmt: skip
     model = trained(config, ctx)
     lookup = METHOD.inference(model, {**PARAMS, "lut_dtype": dtype}, ctx)
+    with torch.no_grad():
+        exact = model.expert_outputs(0, 50)
+    stored = lookup.table.rows(torch.arange(50)).float()
+    rel = float((stored - exact).norm() / exact.norm())
+    figures = lookup.figures()
+    assert figures["lut_rel_rms_error"][0] == pytest.approx(rel, rel=1e-4)
+    assert 0 < rel < most
+    assert figures["lut_max_abs_error"][0] == pytest.approx(float((stored - exact).abs().max()))
+    # Gathering rows by id (codes and scales alike) decodes to the whole table's rows.
+    ids = torch.tensor([7, 3, 7, 49, 0])
+    torch.testing.assert_close(lookup.table.rows(ids), lookup.table.rows(torch.arange(50))[ids])
+
+
+@pytest.mark.parametrize(("dtype", "most"), [("int8", 0.05), ("nf4", 0.5)])
+def test_quantized_lookup_logits_stay_close(config, ctx, dtype, most) -> None:
+    model = trained(config, ctx)
+    lookup = METHOD.inference(model, {**PARAMS, "lut_dtype": dtype}, ctx)
+    ids = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, lookup(input_ids=ids).logits
+    assert 0 < float((a - b).abs().max()) < most
+
+
+def test_lut_block_must_be_a_power_of_two_that_divides_the_row(config, ctx) -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        METHOD.params(lut_block=96)
+    model = trained(config, ctx)
+    with pytest.raises(ValueError, match="does not divide the table's row of 256"):
+        METHOD.inference(model, {**PARAMS, "lut_dtype": "nf4", "lut_block": 512}, ctx)
+
+
+def test_trained_as_leaves_out_the_table_storage() -> None:
+    a = METHOD.trained_as(METHOD.params(lut_dtype="nf4", lut_device="device").model_dump())
+    b = METHOD.trained_as(METHOD.params().model_dump())
+    assert a == b and a["name"] == "mole"
+    assert "lut_dtype" not in a["params"] and a["params"]["experts"] == 4
+    c = METHOD.trained_as(METHOD.params(experts=16).model_dump())
+    assert c != b
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "nf4"])
+def test_h2d_counter_is_gathered_rows(config, ctx, dtype) -> None:
+    model = trained(config, ctx)
+    lookup = METHOD.inference(model, {**PARAMS, "lut_dtype": dtype, "lut_block": 64}, ctx)
     assert isinstance(lookup, InferenceCosts)
-    size = 2 if dtype == "float16" else 4
     with torch.no_grad():
         lookup(input_ids=torch.randint(0, 50, (3, 7)))
-    assert lookup.counters() == {"h2d_bytes": (3 * 7 * 2 * 4 * 32 * size, "bytes")}
+    assert lookup.counters() == {"h2d_bytes": (3 * 7 * ROW_BYTES[dtype], "bytes")}
     lookup.reset_counters()
     assert lookup.counters()["h2d_bytes"][0] == 0
 
@@ -172,5 +226,6 @@ def test_training_reduces_the_loss(config, ctx) -> None:
 def test_params_defaults() -> None:
     p = METHOD.params()
     assert (p.experts, p.expert_hidden, p.lut_dtype, p.lut_device) == (4, None, "float16", "host")
+    assert p.lut_block == 128
     with pytest.raises(ValueError):
-        METHOD.params(lut_dtype="int8")
+        METHOD.params(lut_dtype="int4")

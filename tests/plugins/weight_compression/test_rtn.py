@@ -28,7 +28,7 @@ def test_family_registers_three_methods_for_perplexity() -> None:
     assert [m.name for m in methods] == ["dense", "rtn", "magnitude"]
     for method in methods:
         assert isinstance(method, Method)
-        assert method.scenarios == ("perplexity",)
+        assert method.scenarios == ("perplexity", "lm_eval")
         assert callable(method.apply) and callable(method.storage_bytes)
 
 
