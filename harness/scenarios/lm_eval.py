@@ -12,7 +12,10 @@ Methods (one of these protocols, or both of the first two):
   transforms the model, ``storage_bytes(model, params)`` (optional) is recorded;
 * a KV-cache method (the ``generate`` family's): ``make_cache(model, params, ctx)`` gives a
   fresh ``transformers.Cache`` for every ``generate`` call of ``generate_until`` requests.
-  Scoring requests (loglikelihood) run one full forward, where a cache plays no part. A
+  Scoring requests (loglikelihood) run one full forward, where a cache plays no part,
+  unless ``score_chunk`` is set: then every scoring forward gets a fresh cache and feeds
+  the sequence through it that many tokens at a time, so the continuation of a long context
+  is scored against what the cache kept of it. A
   method with its own decode loop (``make_decoder``) is unsupported here: lm-eval's
   generation is transformers' ``generate``;
 * an ``lm_train`` method (``build``, e.g. MoLE and its baselines): its model is pretrained
@@ -25,12 +28,12 @@ Task ``lm_eval``: ``tasks`` (lm-eval task or group names), ``num_fewshot``, ``li
 ``batch_size``, ``generate_batch_size`` (1 keeps left padding out of a KV method's cache),
 ``max_length``, ``add_bos_token`` (lm-eval's model argument: false for a tokenizer that
 appends an eos to every text it encodes, as ByT5's does), ``bootstrap_iters`` (for the
-stderr of metrics that bootstrap it), ``pretrain`` (see above) and ``include_path`` (a
-folder of task YAMLs, lm-eval's own mechanism, in addition to lm-eval's tasks and the
-project's offline ones in ``harness/data/lm_eval_tasks``). Names are checked when the suite
-is validated, with near misses. lm-eval's seeds are the run's seed. A task whose data must
-be downloaded fails its run with "needs download: …" on a machine without the network; the
-suite goes on.
+stderr of metrics that bootstrap it), ``score_chunk`` and ``pretrain`` (see above) and
+``include_path`` (a folder of task YAMLs, lm-eval's own mechanism, in addition to lm-eval's
+tasks and the project's offline ones in ``harness/data/lm_eval_tasks``). Names are checked
+when the suite is validated, with near misses. lm-eval's seeds are the run's seed. A task
+whose data must be downloaded fails its run with "needs download: …" on a machine without
+the network; the suite goes on.
 
 What a run records:
 
@@ -112,6 +115,10 @@ class LMEvalParams(Params):
         "tokens (None: the tokenizer's default; false for tokenizers that append an eos)"
     )
     bootstrap_iters: int = Field(1000, ge=0, description="bootstrap samples for stderrs")
+    score_chunk: int | None = Field(
+        None, ge=1, description="KV methods: score through the method's cache, this many "
+        "tokens a forward (None: one forward, no cache)"
+    )
     pretrain: StdlibLMParams | None = Field(
         None, description="for lm_train methods (MoLE, MoE, dense-lm): the stdlib-lm task "
         "params they are pretrained with (the lm_train cache's model when there is one)"
@@ -229,7 +236,8 @@ class LMEvalScenario:
 
         lm = HarnessLM(model, tokenizer, batch_size=p.batch_size,
                        generate_batch_size=p.generate_batch_size, max_length=p.max_length,
-                       add_bos_token=p.add_bos_token, make_cache=make_cache)  # fmt: skip
+                       add_bos_token=p.add_bos_token, make_cache=make_cache,
+                       score_chunk=p.score_chunk)  # fmt: skip
         results = self.evaluate(ctx, lm, p, manager)
         self.record_scores(ctx, results)
         self.record_requests(ctx, lm)

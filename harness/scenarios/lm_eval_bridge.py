@@ -5,7 +5,9 @@ lm-eval. Subclassing ``HFLM`` (rather than writing an ``LM`` of our own) keeps e
 type, batching, padding and scoring rule lm-eval's, so scores equal what ``lm_eval`` alone
 gives for the same model; the subclass only
 
-* gives ``generate`` a KV cache from the method (``make_cache``), fresh for every call, and
+* gives ``generate`` a KV cache from the method (``make_cache``), fresh for every call, and,
+  with ``score_chunk``, scores too through a fresh cache, feeding each batch ``score_chunk``
+  tokens at a time (chunked prefill: later tokens attend to what the cache kept), and
 * counts what was asked and how long it took, per request type, for the run's costs.
 """
 
@@ -43,7 +45,9 @@ class HarnessLM(HFLM):
     ``generate_batch_size`` — requests per ``generate`` call (default ``batch_size``); 1
     keeps left padding out of a KV-cache method's cache.
     ``make_cache()`` — when given, a fresh ``transformers.Cache`` for each ``generate`` call
-    (a KV-cache method's). ``stats`` holds, per request type (``loglikelihood``,
+    (a KV-cache method's), and with ``score_chunk`` for each scoring forward, which then
+    feeds the batch through it ``score_chunk`` tokens at a time (right padding sits at the
+    end, where lm-eval reads no logits). ``stats`` holds, per request type (``loglikelihood``,
     ``loglikelihood_rolling``, ``generate_until``), the requests served, their wall time
     and the tokens processed: forward tokens (padding included, as the model computes them)
     for scoring requests, generated tokens for generation.
@@ -59,6 +63,7 @@ class HarnessLM(HFLM):
         max_length: int | None = None,
         add_bos_token: bool | None = None,
         make_cache: Callable[[], Any] | None = None,
+        score_chunk: int | None = None,
     ) -> None:
         super().__init__(
             pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
@@ -66,6 +71,7 @@ class HarnessLM(HFLM):
         )  # fmt: skip
         self._generate_batch_size = generate_batch_size or batch_size
         self._make_cache = make_cache
+        self._score_chunk = score_chunk if make_cache is not None else None
         self._counts = _Counts()
 
     @property
@@ -109,7 +115,17 @@ class HarnessLM(HFLM):
 
     def _model_call(self, inps: Any, attn_mask: Any = None, labels: Any = None) -> Any:
         self._counts.forward_tokens += inps.numel()
-        return super()._model_call(inps, attn_mask, labels)
+        if self._score_chunk is None or attn_mask is not None:
+            return super()._model_call(inps, attn_mask, labels)
+        import torch
+
+        cache = self._make_cache()  # type: ignore[misc]
+        with torch.no_grad():
+            return torch.cat([
+                self.model(inps[:, start : start + self._score_chunk], past_key_values=cache,
+                           use_cache=True).logits
+                for start in range(0, inps.shape[1], self._score_chunk)
+            ], dim=1)  # fmt: skip
 
     def _model_generate(self, context: Any, max_length: int, stop: list[str], **kwargs: Any) -> Any:
         if self._make_cache is not None:

@@ -144,6 +144,18 @@ def test_kv_method_cache_serves_every_generate_call_and_requests_are_counted(
     assert "eval" in ctx.phases and "apply" not in ctx.phases
 
 
+def test_score_chunk_scores_through_the_method_cache(model_dir: str) -> None:
+    task = {"tasks": ["stdlib_next_line"]}
+    plain_method, chunked_method = Calls(), Calls()
+    plain = run(model_dir, plain_method, **task).recorder.value
+    chunked = run(model_dir, chunked_method, **task, score_chunk=16).recorder.value
+    assert plain_method.made == 0  # no generation, no cache
+    assert chunked_method.made > 0  # a fresh cache every scoring forward
+    # transformers' full cache: a chunked prefill scores what one forward does
+    for name in ("acc", "acc_norm"):
+        assert chunked("stdlib_next_line", name) == plain("stdlib_next_line", name)
+
+
 def test_weight_method_is_applied_and_its_storage_recorded(model_dir: str) -> None:
     components = load_components(load_plugins())
     rtn = components.methods.get("rtn")
