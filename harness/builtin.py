@@ -20,11 +20,12 @@ def harness_add_scenarios() -> Sequence[Scenario]:
     from harness.scenarios.generate import GenerateScenario
     from harness.scenarios.lm_eval import LMEvalScenario
     from harness.scenarios.lm_train import LMTrainScenario
+    from harness.scenarios.merge import MergeScenario
     from harness.scenarios.perplexity import PerplexityScenario
 
     return [
         PerplexityScenario(), GenerateScenario(), AdaptScenario(), ContinualScenario(),
-        LMTrainScenario(), LMEvalScenario(),
+        LMTrainScenario(), LMEvalScenario(), MergeScenario(),
     ]  # fmt: skip
 
 
@@ -35,6 +36,7 @@ def harness_add_tasks() -> Sequence[Task]:
     from harness.scenarios.generate import DecodeThroughput, KVRecall, Needle, Passkey
     from harness.scenarios.lm_eval import LMEvalTasks
     from harness.scenarios.lm_train import StdlibLM
+    from harness.scenarios.merge import MergeDigits, MergeShapesCount
     from harness.scenarios.perplexity import StdlibText
 
     return [
@@ -42,6 +44,7 @@ def harness_add_tasks() -> Sequence[Task]:
         adapt.DigitsShift(), adapt.ShapesCount(), adapt.ShapesPosition(),
         adapt.ShapesOrientation(), adapt.ImageFolder(), adapt.HFImages(),
         SplitDigits(), SplitShapes(), SplitImages(), StdlibLM(), LMEvalTasks(),
+        MergeDigits(), MergeShapesCount(),
     ]  # fmt: skip
 
 
@@ -49,9 +52,9 @@ def harness_add_tasks() -> Sequence[Task]:
 def harness_add_models() -> Sequence[ModelEntry]:
     from harness.models.tiny_byte_lm import TinyByteLM
     from harness.models.tiny_llama_retrieval import TinyLlamaRetrieval
-    from harness.models.tiny_vit import TinyViT
+    from harness.models.tiny_vit import TinyViT, TinyViTP4
 
-    return [TinyByteLM(), TinyLlamaRetrieval(), TinyViT()]
+    return [TinyByteLM(), TinyLlamaRetrieval(), TinyViT(), TinyViTP4()]
 
 
 @hookimpl

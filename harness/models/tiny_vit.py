@@ -45,8 +45,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RECIPE",
+    "RECIPE_P4",
     "SHIPPED_DIR",
+    "SHIPPED_DIR_P4",
     "TinyViT",
+    "TinyViTP4",
     "evaluate",
     "image_processor",
     "pixel_values",
@@ -103,6 +106,16 @@ RECIPE: dict[str, Any] = {
     "seed": 0,
     "torch_threads": 1,
 }
+
+
+#: ``tiny-vit-p4``: the same pretraining with patch 4, so 64 patch tokens plus CLS — enough for
+#: token merging to remove tokens block after block (the patch-8 model has 16).
+RECIPE_P4: dict[str, Any] = {
+    **RECIPE,
+    "architecture": {**RECIPE["architecture"], "patch_size": 4},
+    "torch_threads": 2,
+}
+SHIPPED_DIR_P4 = Path(__file__).parent / "weights" / "tiny-vit-p4"
 
 
 def pixel_values(images: np.ndarray, channels: int = 3) -> torch.Tensor:
@@ -230,17 +243,35 @@ class TinyViT(RecipeModel):
         return train_model(recipe, out_dir)
 
 
+class TinyViTP4(TinyViT):
+    """The ``tiny-vit-p4`` model entry: :data:`RECIPE_P4` (patch 4, 64 tokens + CLS)."""
+
+    name = "tiny-vit-p4"
+    description = (
+        "tiny-vit's fractal pretraining with patch 4: 64 patch tokens plus CLS, a backbone "
+        "for token merging"
+    )
+    default_recipe = RECIPE_P4
+    shipped_dir = SHIPPED_DIR_P4
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``train`` the model by :data:`RECIPE` into ``--out`` or (``--ship``) the package data."""
+    """``train`` a model by its recipe into ``--out`` or (``--ship``) its package data."""
+    entries = {entry.name: entry for entry in (TinyViT(), TinyViTP4())}
     parser = argparse.ArgumentParser(prog="python -m harness.models.tiny_vit")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train by RECIPE and save model, processor, info")
+    train = commands.add_parser("train", help="train by the recipe, save model, processor, info")
+    train.add_argument("--model", choices=sorted(entries), default="tiny-vit")
     where = train.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="directory to write (must not exist)")
-    where.add_argument("--ship", action="store_true", help=f"replace {SHIPPED_DIR}")
+    where.add_argument("--ship", action="store_true", help="replace the shipped package data")
     args = parser.parse_args(argv)
-    out = SHIPPED_DIR if args.ship else args.out
-    info = write_trained(out, lambda tmp: train_model(RECIPE, tmp, log_progress), replace=args.ship)
+    entry = entries[args.model]
+    assert entry.shipped_dir is not None
+    out = entry.shipped_dir if args.ship else args.out
+    recipe = entry.default_recipe
+    info = write_trained(out, lambda tmp: train_model(recipe, tmp, log_progress),
+                         replace=args.ship)  # fmt: skip
     print(json.dumps({k: v for k, v in info.items() if k != "recipe"}, indent=2))
     return 0
 

@@ -15,8 +15,11 @@ from harness.models import tiny_vit
 from harness.models.recipes import recipe_hash
 from harness.models.tiny_vit import (
     RECIPE,
+    RECIPE_P4,
     SHIPPED_DIR,
+    SHIPPED_DIR_P4,
     TinyViT,
+    TinyViTP4,
     evaluate,
     image_processor,
     pixel_values,
@@ -57,6 +60,20 @@ def test_shipped_weights_are_this_recipes(tmp_path: Path) -> None:
     assert json.loads((SHIPPED_DIR / config).read_text()) == json.loads(
         (tmp_path / config).read_text()
     )
+
+
+def test_p4_ships_its_own_recipes_weights_with_64_patch_tokens() -> None:
+    """The token-merging backbone: tiny-vit's recipe but patch 4 (``train`` it by RECIPE_P4
+    into SHIPPED_DIR_P4 when the recipe changes)."""
+    info = json.loads((SHIPPED_DIR_P4 / "recipe.json").read_text())
+    assert info["recipe"] == json.loads(json.dumps(RECIPE_P4))
+    assert info["recipe_hash"] == recipe_hash(RECIPE_P4) == TinyViTP4().version
+    # 2,500 steps leave the patch-4 model at 62 % on the 200 classes (patch 8: 99.8 %).
+    assert info["heldout_accuracy"] >= 0.6
+    assert TinyViTP4().shipped() == SHIPPED_DIR_P4
+    config = json.loads((SHIPPED_DIR_P4 / "config.json").read_text())
+    assert (config["image_size"] // config["patch_size"]) ** 2 == 64
+    assert sum(p.stat().st_size for p in SHIPPED_DIR_P4.iterdir()) < 1 << 20
 
 
 def test_prepare_uses_shipped_weights_without_training(
