@@ -257,19 +257,17 @@ class TinyViTP4(TinyViT):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``train`` a model by its recipe into ``--out`` or (``--ship``) its package data."""
-    entries = {entry.name: entry for entry in (TinyViT(), TinyViTP4())}
+    models = {"tiny-vit": (RECIPE, SHIPPED_DIR), "tiny-vit-p4": (RECIPE_P4, SHIPPED_DIR_P4)}
     parser = argparse.ArgumentParser(prog="python -m harness.models.tiny_vit")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train by the recipe, save model, processor, info")
-    train.add_argument("--model", choices=sorted(entries), default="tiny-vit")
+    train.add_argument("--model", choices=sorted(models), default="tiny-vit")
     where = train.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="directory to write (must not exist)")
     where.add_argument("--ship", action="store_true", help="replace the shipped package data")
     args = parser.parse_args(argv)
-    entry = entries[args.model]
-    assert entry.shipped_dir is not None
-    out = entry.shipped_dir if args.ship else args.out
-    recipe = entry.default_recipe
+    recipe, shipped = models[args.model]
+    out = shipped if args.ship else args.out
     info = write_trained(out, lambda tmp: train_model(recipe, tmp, log_progress),
                          replace=args.ship)  # fmt: skip
     print(json.dumps({k: v for k, v in info.items() if k != "recipe"}, indent=2))
