@@ -76,6 +76,15 @@ def test_subprocess_executor_turns_each_failure_into_its_status(tmp_path):
     assert "time.sleep" in trace or "in work" in trace  # the hung worker's stacks
 
 
+def test_workers_leave_no_semaphore_for_the_tracker_to_report(tmp_path):
+    """A worker's live multiprocessing locks are released when it stops, so the resource
+    tracker it shares with the driver has nothing to call leaked at the end."""
+    proc = harness_cli("run", str(write_suite(tmp_path, "[holds-lock]")), "--db",
+                       str(tmp_path / "h.duckdb"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "leaked semaphore" not in proc.stderr
+
+
 def test_inline_executor_statuses_and_timeout(tmp_path):
     suite = write_suite(tmp_path, "[steady, raise, oom, hang]")
     db = tmp_path / "h.duckdb"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import multiprocessing as mp
+import multiprocessing.util
 import os
 import shutil
 import signal
@@ -81,9 +82,13 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
         except EOFError:  # the driver is gone
             return
         if spec is None:
-            # Everything is sent and logged; skip interpreter teardown (seconds with torch).
+            # Everything is sent and logged; skip interpreter teardown (seconds with torch),
+            # but run multiprocessing's exit finalizers first: they unregister the semaphores
+            # this process made (tqdm's lock, say) from the resource tracker it shares with
+            # the driver, which otherwise reports them leaked when the suite ends.
             sys.stdout.flush()
             sys.stderr.flush()
+            multiprocessing.util._exit_function()
             os._exit(0)
         conn.send(("result", execute_run(spec, components, plugins, config.device,
                                          config.cache_dir)))
