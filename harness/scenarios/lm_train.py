@@ -76,6 +76,7 @@ from harness.api import (
 from harness.models.recipes import adamw, build_once, recipe_hash, warmup_cosine
 from harness.probes.timing import LoopTimer, record_latency, summarize
 from harness.scenarios.lm_train_protocol import parameter_bytes
+from harness.scenarios.perplexity import token_windows, total_nll
 
 if TYPE_CHECKING:
     import torch
@@ -209,21 +210,6 @@ def _lm_loss(out: Any, x: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
 
 
-def eval_windows(ids: torch.Tensor, seq_len: int, windows: int, seed: int) -> torch.Tensor:
-    """``windows`` non-overlapping windows of ``seq_len`` tokens of ``ids`` chosen by ``seed``."""
-    import torch
-
-    available = len(ids) // seq_len
-    if available < windows:
-        raise ValueError(
-            f"the held-out split has {len(ids)} tokens, only {available} windows of {seq_len}; "
-            f"lower eval_windows or seq_len, or raise max_bytes"
-        )
-    chunks = ids[: available * seq_len].view(available, seq_len)
-    order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
-    return chunks[order[:windows]]
-
-
 def _tail_mean(values: list[float], head: bool = False) -> float:
     n = max(1, len(values) // 10)
     part = values[:n] if head else values[-n:]
@@ -265,7 +251,9 @@ class LMTrainScenario:
         seed = ctx.spec.seed
         model, data = self.pretrain(ctx, ctx.task, p)
         total = sum(t.numel() for t in model.parameters())
-        windows = eval_windows(data.eval_ids, p.seq_len, p.eval_windows, seed)
+        windows = token_windows(data.eval_ids, p.seq_len, p.eval_windows, seed,
+                                "the held-out split",
+                                "lower eval_windows or seq_len, or raise max_bytes")  # fmt: skip
         with ctx.phase("eval"):
             trained_loss = self.eval_loss(model, windows, p.batch_size, ctx.device)
         active = (
@@ -432,19 +420,7 @@ class LMTrainScenario:
         model: torch.nn.Module, windows: torch.Tensor, batch_size: int, device: str
     ) -> float:
         """Mean next-token loss (nats) over every window's tokens but the first."""
-        import torch
-        import torch.nn.functional as F
-
-        total, count = 0.0, 0
-        with torch.inference_mode():
-            for batch in windows.split(batch_size):
-                x = batch.to(device)
-                logits = model(input_ids=x).logits[:, :-1]
-                total += float(F.cross_entropy(
-                    logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"
-                ))  # fmt: skip
-                count += x[:, 1:].numel()
-        return total / count
+        return total_nll(model, windows, batch_size, device) / (windows.numel() - len(windows))
 
     def measure_inference(
         self, ctx: RunContext, inf: Any, ids: torch.Tensor, p: LMTaskParams

@@ -124,7 +124,7 @@ class MergeScenario:
     def run(self, ctx: RunContext) -> None:
         import torch
 
-        from harness.models.tome import TokenMerging
+        from harness.models.tome import TokenMerging, token_counts
         from harness.scenarios.adapt import pixel_values
         from harness.scenarios.merge_protocol import MergeParams, vit_block_flops
 
@@ -161,8 +161,8 @@ class MergeScenario:
         counts = tome.counts
         record("model", "flops_per_image",
                vit_block_flops(counts, config.hidden_size, config.intermediate_size), "flop")
-        record("model", "final_tokens", counts[-1] - min(ratios.r_tgt, (counts[-1] - 1) // 2),
-               "count")  # fmt: skip
+        leaving = token_counts(counts[0], ratios.r_tgt, len(counts) + 1)[-1]
+        record("model", "final_tokens", leaving, "count")
         added = method.added_params(model, params) if hasattr(method, "added_params") else 0
         stored = method.storage_bytes(model, params) if hasattr(method, "storage_bytes") else 0
         record("model", "added_params", added, "count")

@@ -29,7 +29,14 @@ from harness.api import CostColumn, CostPlot, Params, QualityColumn, ResultColum
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PerplexityScenario", "StdlibText", "StdlibTextParams", "TextTaskParams"]
+__all__ = [
+    "PerplexityScenario",
+    "StdlibText",
+    "StdlibTextParams",
+    "TextTaskParams",
+    "token_windows",
+    "total_nll",
+]
 
 
 class TextTaskParams(Params):
@@ -69,6 +76,22 @@ def parameter_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def token_windows(ids: torch.Tensor, seq_len: int, windows: int, seed: int, what: str,
+                  hint: str) -> torch.Tensor:  # fmt: skip
+    """``windows`` non-overlapping windows of ``seq_len`` tokens of ``ids`` chosen by ``seed``;
+    too few is an error naming ``what`` holds the tokens and, as ``hint``, what to change."""
+    import torch
+
+    available = len(ids) // seq_len
+    if available < windows:
+        raise ValueError(
+            f"{what} has {len(ids)} tokens, only {available} windows of {seq_len}; {hint}"
+        )
+    chunks = ids[: available * seq_len].view(available, seq_len)
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
+    return chunks[order[:windows]]
+
+
 def eval_windows(
     tokenizer: Any, text: str, seq_len: int, windows: int, seed: int
 ) -> tuple[torch.Tensor, int]:
@@ -78,15 +101,8 @@ def eval_windows(
 
     # Special-token strings in the text (e.g. a literal "</s>") are text, not control tokens.
     ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    available = len(ids) // seq_len
-    if available < windows:
-        raise ValueError(
-            f"the eval text has {len(ids)} tokens, only {available} windows of {seq_len}; "
-            f"lower windows or seq_len"
-        )
-    chunks = torch.tensor(ids[: available * seq_len]).view(available, seq_len)
-    order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
-    picked = chunks[order[:windows]]
+    picked = token_windows(torch.tensor(ids), seq_len, windows, seed,
+                           "the eval text", "lower windows or seq_len")  # fmt: skip
     scored_bytes = sum(
         len(
             tokenizer.decode(

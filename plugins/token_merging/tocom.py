@@ -108,31 +108,33 @@ def _modules() -> Any:
     return CompensatedLinear
 
 
+def _projections(model: Any) -> list[tuple[Any, str]]:
+    """``(attention, "q_proj")`` and ``(attention, "v_proj")`` of every block of ``model`` (a
+    transformers ViT, its layers possibly wrapped by ToMe), in order."""
+    vit = getattr(model, "vit", model)
+    return [(getattr(layer, "layer", layer).attention, name)
+            for layer in vit.layers for name in ("q_proj", "v_proj")]  # fmt: skip
+
+
 def install(model: Any, blocks: int) -> list[Any]:
     """Wrap every block's ``q_proj`` and ``v_proj`` of ``model`` (a transformers ViT, possibly
     with ToMe installed) in a :class:`CompensatedLinear`; returns them in order."""
     compensated = _modules()
-    vit = getattr(model, "vit", model)
     out = []
-    for layer in vit.layers:
-        attention = getattr(layer, "layer", layer).attention  # ToMe wraps the layers
-        for name in ("q_proj", "v_proj"):
-            wrapped = compensated(getattr(attention, name), blocks)
-            wrapped.to(getattr(attention, name).weight.device)
-            setattr(attention, name, wrapped)
-            out.append(wrapped)
+    for attention, name in _projections(model):
+        wrapped = compensated(getattr(attention, name), blocks)
+        wrapped.to(getattr(attention, name).weight.device)
+        setattr(attention, name, wrapped)
+        out.append(wrapped)
     return out
 
 
 def fold(model: Any) -> None:
     """Replace every :class:`CompensatedLinear` of ``model`` by its folded ``Linear``."""
-    vit = getattr(model, "vit", model)
-    for layer in vit.layers:
-        attention = getattr(layer, "layer", layer).attention
-        for name in ("q_proj", "v_proj"):
-            module = getattr(attention, name)
-            if hasattr(module, "merged"):
-                setattr(attention, name, module.merged())
+    for attention, name in _projections(model):
+        module = getattr(attention, name)
+        if hasattr(module, "merged"):
+            setattr(attention, name, module.merged())
 
 
 def set_ratios(compensators: list[Any], m: int, n: int, scale: float) -> None:
