@@ -194,6 +194,24 @@ def test_unknown_task_is_a_suite_error_with_line_and_near_misses(
     )
 
 
+def test_without_lm_eval_a_suite_naming_its_tasks_is_a_suite_error(
+    model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.api import Unsupported
+    from harness.scenarios import lm_eval as scenario
+
+    def missing(*args: Any) -> Any:
+        raise Unsupported("the lm_eval scenario needs lm-eval")
+
+    monkeypatch.setattr(scenario, "_index", missing)
+    path = tmp_path / "suite.yaml"
+    path.write_text(suite_text(model_dir, "[dense]"))
+    with pytest.raises(SuiteError) as caught:
+        resolve_suite(read_suite(path), load_components(load_plugins()), lambda _: ("cpu", "cpu"))
+    (issue,) = caught.value.issues
+    assert issue.line == 6 and "needs lm-eval" in issue.message
+
+
 def test_task_that_needs_the_network_fails_its_run_with_needs_download(
     model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
