@@ -22,10 +22,11 @@ def harness_add_scenarios() -> Sequence[Scenario]:
     from harness.scenarios.lm_train import LMTrainScenario
     from harness.scenarios.merge import MergeScenario
     from harness.scenarios.perplexity import PerplexityScenario
+    from harness.scenarios.vqa import VQAScenario
 
     return [
         PerplexityScenario(), GenerateScenario(), AdaptScenario(), ContinualScenario(),
-        LMTrainScenario(), LMEvalScenario(), MergeScenario(),
+        LMTrainScenario(), LMEvalScenario(), MergeScenario(), VQAScenario(),
     ]  # fmt: skip
 
 
@@ -38,13 +39,14 @@ def harness_add_tasks() -> Sequence[Task]:
     from harness.scenarios.lm_train import StdlibLM
     from harness.scenarios.merge import MergeDigits, MergeShapesCount
     from harness.scenarios.perplexity import StdlibText
+    from harness.scenarios.vqa import DigitGridVQA
 
     return [
         StdlibText(), Needle(), Passkey(), KVRecall(), DecodeThroughput(),
         adapt.DigitsShift(), adapt.ShapesCount(), adapt.ShapesPosition(),
         adapt.ShapesOrientation(), adapt.ImageFolder(), adapt.HFImages(),
         SplitDigits(), SplitShapes(), SplitImages(), StdlibLM(), LMEvalTasks(),
-        MergeDigits(), MergeShapesCount(),
+        MergeDigits(), MergeShapesCount(), DigitGridVQA(),
     ]  # fmt: skip
 
 
@@ -52,9 +54,10 @@ def harness_add_tasks() -> Sequence[Task]:
 def harness_add_models() -> Sequence[ModelEntry]:
     from harness.models.tiny_byte_lm import TinyByteLM
     from harness.models.tiny_llama_retrieval import TinyLlamaRetrieval
+    from harness.models.tiny_llama_vqa import TinyLlamaVQA
     from harness.models.tiny_vit import TinyViT, TinyViTP4
 
-    return [TinyByteLM(), TinyLlamaRetrieval(), TinyViT(), TinyViTP4()]
+    return [TinyByteLM(), TinyLlamaRetrieval(), TinyLlamaVQA(), TinyViT(), TinyViTP4()]
 
 
 @hookimpl

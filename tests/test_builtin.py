@@ -9,16 +9,17 @@ from harness import builtin
 def test_registers_the_core_components() -> None:
     assert [s.name for s in builtin.harness_add_scenarios()] == [
         "perplexity", "generate", "adapt", "continual", "lm_train", "lm_eval", "merge",
+        "vqa",
     ]  # fmt: skip
     assert [t.name for t in builtin.harness_add_tasks()] == [
         "stdlib-text", "needle", "passkey", "kv-recall", "decode-throughput",
         "digits-shift", "shapes-count", "shapes-position", "shapes-orientation", "image-folder",
         "hf-images",
         "split-digits", "split-shapes", "split-images", "stdlib-lm", "lm_eval",
-        "digits-merge", "shapes-count-merge",
+        "digits-merge", "shapes-count-merge", "digit-grid-vqa",
     ]  # fmt: skip
     assert [m.name for m in builtin.harness_add_models()] == [
-        "tiny-byte-lm", "tiny-llama-retrieval", "tiny-vit", "tiny-vit-p4",
+        "tiny-byte-lm", "tiny-llama-retrieval", "tiny-llama-vqa", "tiny-vit", "tiny-vit-p4",
     ]  # fmt: skip
     sources = [s.name for s in builtin.harness_add_model_sources()]
     assert sources == ["hf", "hf-config", "builtin"]

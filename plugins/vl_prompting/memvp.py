@@ -1,0 +1,144 @@
+"""``memvp``: Memory-space Visual Prompting (Jie et al., ICML 2024), as the official code does it.
+
+A feed-forward block ``FFN(x) = φ(x W1) W2`` is a key-value memory: the rows of ``W1`` are keys,
+the columns of ``W2`` values. MemVP adds the image to that memory instead of to the input: the
+encoder's patch features, projected to the LM's width and scaled by ``feature_scale`` (``Z``),
+become ``n`` extra keys ``K = Z + P_k`` and values ``V = Z + P_v`` of every LM layer's FFN
+(``P_k``, ``P_v`` learnt per layer: ``P_k ~ N(0, 0.02²)``, ``P_v = 0``), read in parallel to
+the frozen FFN on the same normalised input::
+
+    out = h + FFN(x) + s · Dropout(SiLU(x Kᵀ)) V
+
+The text sequence the LM attends over stays as long as the question, whatever ``n`` is; the
+extra cost is that of an FFN with ``n`` more hidden units. The frozen encoder gets small
+parallel MLP adapters in every block (``encoder_adapter_dim``, GELU, scale 0.1; 0 leaves it
+untouched). What trains: the projector, ``P_k``/``P_v`` and the encoder adapters.
+The official code pads ``Z`` with zero slots that act as a plain FFN adapter; here every slot
+is a visual token (``visual_tokens``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import Field
+
+from harness.api import RunContext
+from harness.scenarios.vqa_protocol import VisualParams, patch_features, position_ids
+
+from .projector import like, projector
+
+__all__ = ["MemVP", "MemVPParams"]
+
+
+class MemVPParams(VisualParams):
+    """MemVP's memory, projector and encoder adapters (official defaults where they apply)."""
+
+    lr: float = Field(3e-3, gt=0, description="peak AdamW learning rate")
+    scale: float = Field(0.1, ge=0, description="s: scale of the visual memory's output")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the memory's activations")
+    feature_scale: float = Field(0.01, gt=0, description="scale of the projected features Z")
+    projector_hidden: int = Field(128, gt=0, description="the projector's hidden width")
+    encoder_adapter_dim: int = Field(12, ge=0, description="encoder adapters' width (0: none)")
+    encoder_adapter_scale: float = Field(0.1, ge=0, description="encoder adapters' scale")
+
+
+def _modules() -> tuple[type, type, type]:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class VisualMemoryFFN(nn.Module):
+        """An LM layer's FFN with ``n`` extra key-value slots ``Z + P``, ``Z`` set per call."""
+
+        def __init__(self, ffn: nn.Module, slots: int, width: int, p: MemVPParams) -> None:
+            super().__init__()
+            self.ffn = ffn
+            self.p_k = nn.Parameter(torch.randn(slots, width) * 0.02)
+            self.p_v = nn.Parameter(torch.zeros(slots, width))
+            self.dropout = nn.Dropout(p.dropout)
+            self.scale = p.scale
+            #: ``Z`` ``[batch, slots, width]`` while the connector runs the LM, else None.
+            self.memory: torch.Tensor | None = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            keys, values = self.p_k, self.p_v
+            if self.memory is not None:
+                keys, values = self.memory + keys, self.memory + values
+            hidden = F.silu(x @ keys.transpose(-1, -2))
+            return self.ffn(x) + self.scale * (self.dropout(hidden) @ values)
+
+    class ParallelAdapter(nn.Module):
+        """``mlp(x) + s · up(GELU(down(x)))``: a frozen encoder block's MLP with an adapter
+        beside it (``up`` zero-initialised, so it starts as the frozen block)."""
+
+        def __init__(self, mlp: nn.Module, width: int, dim: int, scale: float) -> None:
+            super().__init__()
+            self.mlp = mlp
+            self.down = nn.Linear(width, dim)
+            self.up = nn.Linear(dim, width)
+            nn.init.xavier_uniform_(self.down.weight)
+            nn.init.zeros_(self.down.bias)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+            self.scale = scale
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.mlp(x) + self.scale * self.up(F.gelu(self.down(x)))
+
+    class MemVPConnector(nn.Module):
+        def __init__(self, lm: nn.Module, encoder: nn.Module, p: MemVPParams) -> None:
+            super().__init__()
+            self.lm, self.encoder, self.p = lm, encoder, p
+            width = lm.config.hidden_size
+            features = encoder.config.hidden_size
+            if p.encoder_adapter_dim:
+                for block in getattr(encoder, "vit", encoder).layers:
+                    adapter = ParallelAdapter(block.mlp, features, p.encoder_adapter_dim,
+                                              p.encoder_adapter_scale)  # fmt: skip
+                    block.mlp = like(adapter, encoder)
+            self.projector = like(projector(features, p.projector_hidden, width, "silu"), lm)
+            self.memories = nn.ModuleList()
+            for layer in lm.model.layers:
+                layer.mlp = like(VisualMemoryFFN(layer.mlp, p.visual_tokens, width, p), lm)
+                self.memories.append(layer.mlp)
+
+        def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            features = patch_features(self.encoder, pixel_values, self.p.visual_tokens)
+            weight = self.projector[0].weight
+            return self.p.feature_scale * self.projector(features.to(weight.dtype))
+
+        def forward(self, visual: torch.Tensor | None, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor, past_key_values: Any = None) -> Any:  # fmt: skip
+            for memory in self.memories:
+                memory.memory = visual
+            try:
+                return self.lm(
+                    input_ids=input_ids, attention_mask=attention_mask,
+                    position_ids=position_ids(attention_mask, input_ids.shape[1]),
+                    past_key_values=past_key_values, use_cache=past_key_values is not None,
+                )  # fmt: skip
+            finally:
+                for memory in self.memories:
+                    memory.memory = None
+
+    return MemVPConnector, VisualMemoryFFN, ParallelAdapter
+
+
+class MemVP:
+    """Visual features in the key-value memory of every FFN of a frozen LM."""
+
+    name = "memvp"
+    version = "1"
+    description = (
+        "Memory-space Visual Prompting: projected visual features join every FFN's keys and "
+        "values of the frozen LM (the text sequence stays short); projector, per-layer "
+        "position embeddings and encoder adapters train"
+    )
+    scenarios = ("vqa",)
+    params = MemVPParams
+
+    def connect(self, lm: Any, encoder: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:
+        connector, _, _ = _modules()
+        return connector(lm, encoder, MemVPParams(**params))
