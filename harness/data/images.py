@@ -36,6 +36,7 @@ import torch
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageSplits",
+    "add_pixel_noise",
     "digits_shift",
     "hf_image_dataset",
     "image_folder",
@@ -164,7 +165,7 @@ def _place(
     return centres
 
 
-def _finish(canvas: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+def add_pixel_noise(canvas: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
     """Add Gaussian pixel noise and clip to [0, 1]."""
     if noise:
         canvas = canvas + rng.normal(0.0, noise, size=canvas.shape)
@@ -233,7 +234,7 @@ def digits_shift(
             )[0, 0].numpy()
             top, left = rng.integers(0, size - side + 1, size=2)
             image[top : top + side, left : left + side] = digit * rng.uniform(0.6, 1.0)
-            image[:] = _finish(image, noise, rng)
+            image[:] = add_pixel_noise(image, noise, rng)
         tensors.extend(_to_tensors(images, digits.target[indices]))
     return ImageSplits(*tensors, classes=tuple(str(d) for d in range(10)))
 
@@ -273,7 +274,7 @@ def shapes_count(
         for kind, r, (cx, cy) in zip(kinds, radii, centres, strict=True):
             distance = _SHAPES[kind][0](x - cx, y - cy, r)
             canvas = np.maximum(canvas, rng.uniform(0.4, 1.0) * _coverage(distance))
-        return _finish(canvas, noise, rng)
+        return add_pixel_noise(canvas, noise, rng)
 
     classes = tuple(str(k) for k in range(1, max_count + 1))
     return _procedural("count", seed, size, (train, val, test), max_count, render, classes)
@@ -322,7 +323,7 @@ def shapes_position(
         for kind, q, (dx, dy) in zip(kinds, radii, centres, strict=True):
             distance = _SHAPES[kind][0](x - dx, y - dy, q)
             canvas = np.maximum(canvas, rng.uniform(0.4, 1.0) * _coverage(distance))
-        return _finish(canvas, noise, rng)
+        return add_pixel_noise(canvas, noise, rng)
 
     classes = tuple(f"row{row}-col{col}" for row in range(grid) for col in range(grid))
     return _procedural("position", seed, size, (train, val, test), grid * grid, render, classes)
@@ -372,7 +373,7 @@ def shapes_orientation(
             sign = 1.0 if nx * (ax - cx) + ny * (ay - cy) > 0 else -1.0
             edge = sign * (nx * (x - ax) + ny * (y - ay)) / norm
             distance = np.maximum(distance, edge)
-        return _finish(rng.uniform(0.4, 1.0) * _coverage(distance), noise, rng)
+        return add_pixel_noise(rng.uniform(0.4, 1.0) * _coverage(distance), noise, rng)
 
     classes = tuple(f"{round(k * 360 / bins)}deg" for k in range(bins))
     return _procedural("orientation", seed, size, (train, val, test), bins, render, classes)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.data.images import _finish, stratified_split
+from harness.data.images import add_pixel_noise, stratified_split
 
 __all__ = [
     "CELLS",
@@ -179,7 +179,7 @@ def digit_grid_vqa(seed: int, size: int = 32, train: int = 2000, test: int = 500
                 top = row * cell + int(rng.integers(0, cell - side + 1))
                 left = col * cell + int(rng.integers(0, cell - side + 1))
                 image[0, top : top + side, left : left + side] = glyph * rng.uniform(0.7, 1.0)
-            image[:] = _finish(image, 0.05, rng)
+            image[:] = add_pixel_noise(image, 0.05, rng)
             questions.append(question)
             answers.append(answer)
             kinds.append(kind)

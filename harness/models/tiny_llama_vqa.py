@@ -1,13 +1,13 @@
 """``builtin:tiny-llama-vqa``: a tiny word-level Llama that answers digit-grid questions.
 
-A vision-language method (MemVP, visual prompts, adapters) needs a language model that already
+A vision-language method (a ``vqa`` scenario's connector) needs a language model that already
 speaks the task's answer format, so that what it adds, reading the image, is what the
 benchmark measures. This 4-layer Llama with a word-level tokenizer over
 :func:`harness.data.vqa.vocabulary` is pretrained by :data:`RECIPE` on templated text: a
 question with the scene in words answered exactly, and the bare question answered from the
 prior (:mod:`harness.data.vqa`). Its fp16 weights ship as package data with the recipe they
 came from, so a first run trains nothing; a changed recipe trains into
-``<cache_dir>/models/tiny-llama-vqa-<hash>/`` (a few minutes of two CPU cores).
+``<cache_dir>/models/tiny-llama-vqa-<hash>/`` (about five minutes of one CPU core).
 """
 
 from __future__ import annotations

@@ -18,16 +18,19 @@ A run (method protocol: :mod:`harness.scenarios.vqa_protocol`):
    ``invalid``);
 6. times, under the suite's measure settings: ``train_step`` (one optimizer step of a batch,
    samples/s), ``prefill`` (one image and question: encoding and the LM's prefill) and
-   ``decode`` (one token after that prefill, from its KV cache): the latency columns.
+   ``decode`` (one token after that prefill, from its KV cache): the latency columns; and
+   counts the FLOPs of one train step and one prefill (``model/train_step_flops``,
+   ``model/prefill_flops``: torch's FlopCounterMode, so what the method adds is counted
+   without the scenario knowing it), which tiny models on a CPU time less faithfully.
 
 ``model/lm_sequence_length`` is the length of the sequence the LM's first layer sees on a
 single question's prefill, measured by a hook: the text for a method that keeps images out of
-the sequence, text plus visual tokens for one that prepends them.
+the sequence, text plus visual tokens for one that prepends them; ``model/text_tokens`` that
+question's own length.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,7 +64,7 @@ class VQATaskParams(Params):
     steps: int = Field(400, gt=0, description="training steps")
     batch: int = Field(32, gt=0, description="questions per training step")
     warmup: int = Field(20, ge=0, description="linear warmup steps")
-    weight_decay: float = Field(0.02, ge=0, description="AdamW weight decay")
+    weight_decay: float = Field(0.02, ge=0, description="AdamW weight decay (matrices only)")
     eval_batch: int = Field(100, gt=0, description="questions per evaluation batch")
     check_reload: bool = Field(
         True, description="rebuild the connector from its stored bytes and compare answers"
@@ -121,12 +124,6 @@ class _Batches:
         return ids, mask, labels
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 class VQAScenario:
     """A frozen encoder and LM joined by a method's trainable connector."""
 
@@ -141,9 +138,14 @@ class VQAScenario:
         quality=(QualityColumn("accuracy", higher_is_better=True, breakdown="kind_"),),
         costs=(
             CostColumn("lm_sequence", "LM sequence length", "lm_sequence_length", "count"),
+            CostColumn("train_flops", "FLOPs / train step", "train_step_flops", "flop"),
+            CostColumn("prefill_flops", "FLOPs / prefill", "prefill_flops", "flop"),
             CostColumn("storage", "stored bytes", "storage_bytes", "bytes"),
         ),
-        plots=(CostPlot("latency", "Accuracy vs latency", "latency (ms)", "a latency"),),
+        plots=(
+            CostPlot("latency", "Accuracy vs latency", "latency (ms)", "a latency"),
+            CostPlot("prefill_flops", "Accuracy vs prefill FLOPs", "FLOPs", "prefill FLOPs"),
+        ),
     )
 
     def run(self, ctx: RunContext) -> None:
@@ -172,9 +174,9 @@ class VQAScenario:
         record("data", "train_questions", len(data.train_answers), "count")
         record("data", "test_questions", len(data.test_answers), "count")
 
-        step = _Trainer(ctx, connector, train, train_x, p)
+        trainer = _Trainer(ctx, connector, train, train_x, p)
         with ctx.phase("train"):
-            losses = [step.run(i) for i in range(p.steps)]
+            losses = [trainer.step() for _ in range(p.steps)]
         tail = losses[-max(1, len(losses) // 10) :]
         record("train", "final_loss", sum(tail) / len(tail), "nats")
         if _fingerprint(frozen) != original or any(w.requires_grad for w in frozen):
@@ -195,7 +197,7 @@ class VQAScenario:
         )
         record("model", "text_tokens", len(test.prompts[0]), "count")
         self._store_and_reload(ctx, p, connector, test, test_x, answers)
-        self._time(ctx, connector, step, test, test_x)
+        self._time(ctx, connector, trainer, test, test_x)
 
     @staticmethod
     def _models(ctx: RunContext, p: VQATaskParams) -> tuple[Any, Any]:
@@ -244,13 +246,14 @@ class VQAScenario:
             )
 
     @staticmethod
-    def _time(ctx: RunContext, connector: Any, step: _Trainer, test: _Batches,
+    def _time(ctx: RunContext, connector: Any, trainer: _Trainer, test: _Batches,
               test_x: torch.Tensor) -> None:  # fmt: skip
         """Training step, single-question prefill, and one decode step from that prefill."""
         import torch
         from transformers import DynamicCache
 
-        ctx.time("train_step", step.timed, items=step.p.batch, item_unit="sample")
+        ctx.time("train_step", trainer.timed, items=trainer.p.batch, item_unit="sample")
+        ctx.recorder.record("model", "train_step_flops", _flops(trainer.timed), "flop")
         connector.eval()
         device = ctx.device
         ids, mask = (t.to(device) for t in test.prompt([0]))
@@ -264,6 +267,7 @@ class VQAScenario:
             return visual, cache, out.logits[:, -1].argmax(-1, keepdim=True)
 
         ctx.time("prefill", prefill, items=1, item_unit="sample")
+        ctx.recorder.record("model", "prefill_flops", _flops(prefill), "flop")
         visual, cache, token = prefill()
         length = cache.get_seq_length()
         grown = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
@@ -279,22 +283,34 @@ class VQAScenario:
 
 
 class _Trainer:
-    """AdamW over what the connector trains, on seeded batches of the training questions."""
+    """AdamW over what the connector trains, on seeded batches of the training questions.
+
+    MemVP's official recipe: betas (0.9, 0.95), no weight decay on biases and other 1-D
+    weights, linear warmup then cosine to zero; the same for every method.
+    """
 
     def __init__(self, ctx: RunContext, connector: Any, data: _Batches, images: torch.Tensor,
                  p: VQATaskParams) -> None:  # fmt: skip
         import numpy as np
         import torch
 
+        from harness.models.recipes import warmup_cosine
+
         self.connector, self.data, self.images, self.p = connector, data, images, p
         self.device = ctx.device
         trainable = [w for w in connector.parameters() if w.requires_grad]
         if not trainable:
             raise ValueError(f"method '{ctx.spec.method}' leaves nothing to train")
-        self.optimizer = torch.optim.AdamW(trainable, lr=ctx.method.params(**ctx.spec.params).lr,
-                                           weight_decay=p.weight_decay)  # fmt: skip
-        factor: Callable[[int], float] = lambda i: _lr_factor(i, p.steps, p.warmup)  # noqa: E731
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        groups = [
+            {"params": [w for w in trainable if w.ndim > 1], "weight_decay": p.weight_decay},
+            {"params": [w for w in trainable if w.ndim <= 1], "weight_decay": 0.0},
+        ]
+        lr = ctx.method.params(**ctx.spec.params).lr
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+        schedule = {"steps": p.steps, "schedule": {"warmup_steps": p.warmup, "final_lr_ratio": 0}}
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: warmup_cosine(i, schedule)
+        )
         self.rng = np.random.default_rng([ctx.spec.seed, 0x5A])
         self.fixed = self._batch()
 
@@ -315,7 +331,7 @@ class _Trainer:
         self.optimizer.step()
         return float(loss.detach())
 
-    def run(self, step: int) -> float:
+    def step(self) -> float:
         loss = self._step(self._batch())
         self.schedule.step()
         return loss
@@ -380,6 +396,18 @@ def _sequence_length(lm: Any, connector: Any, data: _Batches, images: torch.Tens
     return seen[0]
 
 
+def _flops(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of one call of ``fn`` (backward included), counted by torch's
+    FlopCounterMode with attention on the math kernel, whose matmuls it sees on any device."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def _fingerprint(weights: Sequence[torch.Tensor]) -> list[float]:
-    """A sum per weight of the original models: a change to any of them shows."""
+    """A sum per weight of the original models: an update to any of them shows (one that
+    keeps every weight's sum, such as a permutation, would not)."""
     return [float(w.detach().double().sum()) for w in weights]

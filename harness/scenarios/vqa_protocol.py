@@ -4,8 +4,9 @@ causal LM, training only the connection.
 The scenario loads the run's model as a ``causal-lm`` and the task's encoder (a transformers
 ViT, ``image-classification``), freezes both, and asks the method for a connector:
 
-* ``connect(lm, encoder, params, ctx) -> Connector`` — add the method's modules (to the LM,
-  the encoder or a projector of its own) and make trainable exactly what the method trains.
+* ``connect(lm, encoder, params, ctx) -> Connector`` (:class:`Connector`) — add the
+  method's modules (to the LM, the encoder or a projector of its own) and make trainable
+  exactly what the method trains.
   The returned ``torch.nn.Module`` owns the LM and the encoder as submodules, so its
   ``requires_grad`` parameters are the method's statement of what trains and what is stored.
 
@@ -32,7 +33,7 @@ Services: :func:`patch_features` (the encoder's patch tokens pooled to ``n``) an
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import Field
 
@@ -41,7 +42,25 @@ from harness.api import Params
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["VQAMethodParams", "VisualParams", "patch_features", "position_ids"]
+__all__ = ["Connector", "VQAMethodParams", "VisualParams", "patch_features", "position_ids"]
+
+
+class Connector(Protocol):
+    """What ``connect`` returns (a ``torch.nn.Module`` owning the LM and the encoder)."""
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
+        """What the LM is prompted with for these images, or None (see the module docstring)."""
+        ...
+
+    def __call__(
+        self,
+        visual: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        past_key_values: Any = None,
+    ) -> Any:
+        """The LM's output for the text positions of ``input_ids``."""
+        ...
 
 
 class VQAMethodParams(Params):

@@ -31,6 +31,7 @@ __all__ = ["Prefix", "PrefixParams", "TextOnly", "TextOnlyParams"]
 class TextOnlyParams(VQAMethodParams):
     """LoRA on the LM through PEFT."""
 
+    #: 3e-3 and 3e-2 tie on a validation seed (9) of digit-grid-vqa.
     lr: float = Field(3e-3, gt=0, description="peak AdamW learning rate")
     rank: int = Field(8, gt=0, description="LoRA rank")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha (scale alpha / rank)")
@@ -40,6 +41,8 @@ class TextOnlyParams(VQAMethodParams):
 class PrefixParams(TextOnlyParams, VisualParams):
     """LoRA on the LM and the projector of the visual tokens prepended to its input."""
 
+    #: Best of 1e-3, 3e-3 and 1e-2 on a validation seed (9) of digit-grid-vqa at 64 tokens.
+    lr: float = Field(1e-2, gt=0, description="peak AdamW learning rate")
     projector_hidden: int = Field(128, gt=0, description="the projector's hidden width")
 
 
@@ -49,15 +52,15 @@ def _connector() -> type:
     from torch import nn
 
     class InputSpaceConnector(nn.Module):
-        """The LM with LoRA, and visual tokens before its input when there is a projector."""
+        """The LM with LoRA, and visual tokens before its input when the method has them
+        (``prefix``); ``text-only`` owns the encoder too, unused, so its counts compare."""
 
-        def __init__(self, lm: nn.Module, encoder: nn.Module | None, p: TextOnlyParams) -> None:
+        def __init__(self, lm: nn.Module, encoder: nn.Module, p: TextOnlyParams) -> None:
             super().__init__()
             config = LoraConfig(r=p.rank, lora_alpha=p.alpha, target_modules=list(p.targets))
-            self.lm, self.p = inject_adapter_in_model(config, lm), p
-            self.encoder = encoder
+            self.lm, self.encoder, self.p = inject_adapter_in_model(config, lm), encoder, p
             self.projector = None
-            if encoder is not None and isinstance(p, PrefixParams):
+            if isinstance(p, VisualParams):
                 width, features = lm.config.hidden_size, encoder.config.hidden_size
                 self.projector = like(projector(features, p.projector_hidden, width, "gelu"), lm)
 
@@ -113,4 +116,4 @@ class TextOnly:
     params = TextOnlyParams
 
     def connect(self, lm: Any, encoder: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:
-        return _connector()(lm, None, TextOnlyParams(**params))
+        return _connector()(lm, encoder, TextOnlyParams(**params))

@@ -4,17 +4,21 @@ A feed-forward block ``FFN(x) = φ(x W1) W2`` is a key-value memory: the rows of
 the columns of ``W2`` values. MemVP adds the image to that memory instead of to the input: the
 encoder's patch features, projected to the LM's width and scaled by ``feature_scale`` (``Z``),
 become ``n`` extra keys ``K = Z + P_k`` and values ``V = Z + P_v`` of every LM layer's FFN
-(``P_k``, ``P_v`` learnt per layer: ``P_k ~ N(0, 0.02²)``, ``P_v = 0``), read in parallel to
-the frozen FFN on the same normalised input::
+(``P_k``, ``P_v``: learnt position embeddings of the slots, one pair shared by every layer as
+in the official code, ``P_k ~ N(0, 0.02²)``, ``P_v = 0``), read in parallel to the frozen FFN
+on the same normalised input::
 
     out = h + FFN(x) + s · Dropout(SiLU(x Kᵀ)) V
 
 The text sequence the LM attends over stays as long as the question, whatever ``n`` is; the
 extra cost is that of an FFN with ``n`` more hidden units. The frozen encoder gets small
-parallel MLP adapters in every block (``encoder_adapter_dim``, GELU, scale 0.1; 0 leaves it
-untouched). What trains: the projector, ``P_k``/``P_v`` and the encoder adapters.
-The official code pads ``Z`` with zero slots that act as a plain FFN adapter; here every slot
-is a visual token (``visual_tokens``).
+parallel MLP adapters in every block (``encoder_adapter_dim``: bias-free ``down → GELU →
+dropout 0.1 → up``, ``up`` zero-initialised, scale 0.1; 0 leaves it untouched). What
+trains: the projector, ``P_k``/``P_v`` and the encoder adapters.
+
+Departures from the official code: it pads ``Z`` with zero slots that act as a plain FFN
+adapter, here every slot is a visual token (``visual_tokens``); it keeps trainable weights
+in fp32 under autocast, here they take the LM's dtype.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ __all__ = ["MemVP", "MemVPParams"]
 class MemVPParams(VisualParams):
     """MemVP's memory, projector and encoder adapters (official defaults where they apply)."""
 
-    lr: float = Field(3e-3, gt=0, description="peak AdamW learning rate")
+    #: Best of 3e-3, 1e-2 and 3e-2 on a validation seed (9) of digit-grid-vqa at 64 tokens.
+    lr: float = Field(1e-2, gt=0, description="peak AdamW learning rate")
     scale: float = Field(0.1, ge=0, description="s: scale of the visual memory's output")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the memory's activations")
     feature_scale: float = Field(0.01, gt=0, description="scale of the projected features Z")
@@ -44,50 +49,58 @@ class MemVPParams(VisualParams):
     encoder_adapter_scale: float = Field(0.1, ge=0, description="encoder adapters' scale")
 
 
-def _modules() -> tuple[type, type, type]:
+def _connector() -> type:
     import torch
     import torch.nn.functional as F
     from torch import nn
 
+    class SlotEmbeddings(nn.Module):
+        """``P_k`` and ``P_v``: the memory slots' learnt keys and values, shared by all layers."""
+
+        def __init__(self, slots: int, width: int) -> None:
+            super().__init__()
+            self.keys = nn.Parameter(torch.randn(slots, width) * 0.02)
+            self.values = nn.Parameter(torch.zeros(slots, width))
+
     class VisualMemoryFFN(nn.Module):
         """An LM layer's FFN with ``n`` extra key-value slots ``Z + P``, ``Z`` set per call."""
 
-        def __init__(self, ffn: nn.Module, slots: int, width: int, p: MemVPParams) -> None:
+        def __init__(self, ffn: nn.Module, slots: SlotEmbeddings, p: MemVPParams) -> None:
             super().__init__()
             self.ffn = ffn
-            self.p_k = nn.Parameter(torch.randn(slots, width) * 0.02)
-            self.p_v = nn.Parameter(torch.zeros(slots, width))
+            # Not a submodule: the connector owns the one pair every layer reads.
+            self.slots = (slots,)
             self.dropout = nn.Dropout(p.dropout)
             self.scale = p.scale
             #: ``Z`` ``[batch, slots, width]`` while the connector runs the LM, else None.
             self.memory: torch.Tensor | None = None
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            keys, values = self.p_k, self.p_v
+            keys, values = self.slots[0].keys, self.slots[0].values
             if self.memory is not None:
                 keys, values = self.memory + keys, self.memory + values
             hidden = F.silu(x @ keys.transpose(-1, -2))
             return self.ffn(x) + self.scale * (self.dropout(hidden) @ values)
 
     class ParallelAdapter(nn.Module):
-        """``mlp(x) + s · up(GELU(down(x)))``: a frozen encoder block's MLP with an adapter
-        beside it (``up`` zero-initialised, so it starts as the frozen block)."""
+        """``mlp(x) + s · up(Dropout(GELU(down(x))))``: a frozen encoder block's MLP with an
+        adapter beside it (``up`` zero-initialised, so it starts as the frozen block)."""
 
         def __init__(self, mlp: nn.Module, width: int, dim: int, scale: float) -> None:
             super().__init__()
             self.mlp = mlp
-            self.down = nn.Linear(width, dim)
-            self.up = nn.Linear(dim, width)
-            nn.init.xavier_uniform_(self.down.weight)
-            nn.init.zeros_(self.down.bias)
+            self.down = nn.Linear(width, dim, bias=False)
+            self.up = nn.Linear(dim, width, bias=False)
             nn.init.zeros_(self.up.weight)
-            nn.init.zeros_(self.up.bias)
+            self.dropout = nn.Dropout(0.1)
             self.scale = scale
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.mlp(x) + self.scale * self.up(F.gelu(self.down(x)))
+            return self.mlp(x) + self.scale * self.up(self.dropout(F.gelu(self.down(x))))
 
     class MemVPConnector(nn.Module):
+        """The LM with visual memory in every FFN, the encoder with adapters, the projector."""
+
         def __init__(self, lm: nn.Module, encoder: nn.Module, p: MemVPParams) -> None:
             super().__init__()
             self.lm, self.encoder, self.p = lm, encoder, p
@@ -99,9 +112,10 @@ def _modules() -> tuple[type, type, type]:
                                               p.encoder_adapter_scale)  # fmt: skip
                     block.mlp = like(adapter, encoder)
             self.projector = like(projector(features, p.projector_hidden, width, "silu"), lm)
+            self.slots = like(SlotEmbeddings(p.visual_tokens, width), lm)
             self.memories = nn.ModuleList()
             for layer in lm.model.layers:
-                layer.mlp = like(VisualMemoryFFN(layer.mlp, p.visual_tokens, width, p), lm)
+                layer.mlp = like(VisualMemoryFFN(layer.mlp, self.slots, p), lm)
                 self.memories.append(layer.mlp)
 
         def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -123,7 +137,7 @@ def _modules() -> tuple[type, type, type]:
                 for memory in self.memories:
                     memory.memory = None
 
-    return MemVPConnector, VisualMemoryFFN, ParallelAdapter
+    return MemVPConnector
 
 
 class MemVP:
@@ -140,5 +154,4 @@ class MemVP:
     params = MemVPParams
 
     def connect(self, lm: Any, encoder: Any, params: Mapping[str, Any], ctx: RunContext) -> Any:
-        connector, _, _ = _modules()
-        return connector(lm, encoder, MemVPParams(**params))
+        return _connector()(lm, encoder, MemVPParams(**params))

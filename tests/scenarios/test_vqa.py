@@ -59,6 +59,8 @@ def test_a_run_answers_stores_and_times(dirs: tuple[str, str], method: Any,
     assert kinds == {"value", *(f"kind_{k}" for k in ("compare", "count", "parity", "position",
                                                       "value"))}  # fmt: skip
     assert value("model", "lm_sequence_length") == value("model", "text_tokens") + grows
+    assert value("model", "prefill_flops") > 0
+    assert value("model", "train_step_flops") > 3 * value("model", "prefill_flops")
     trainable = value("model", "trainable_params")
     assert trainable > 0
     # fp32 weights and a safetensors header of about a hundred bytes
@@ -82,6 +84,19 @@ class _Meddler(TextOnly):
         return connector
 
 
+def test_prepended_visual_tokens_cost_prefill_flops_and_memory_slots_little(
+    dirs: tuple[str, str],
+) -> None:
+    methods = [
+        ("prefix", Prefix(), {"visual_tokens": 16}),
+        ("memvp", MemVP(), {"visual_tokens": 16}),
+        ("text", TextOnly(), {}),
+    ]
+    flops = {name: run(dirs, method, **params).recorder.value("model", "prefill_flops")
+             for name, method, params in methods}  # fmt: skip
+    assert flops["text"] < flops["memvp"] < flops["prefix"]
+
+
 def test_a_method_that_trains_the_frozen_lm_fails_the_run(dirs: tuple[str, str]) -> None:
     with pytest.raises(RuntimeError, match="'meddler' trained or changed the frozen LM"):
         run(dirs, _Meddler())
@@ -90,3 +105,25 @@ def test_a_method_that_trains_the_frozen_lm_fails_the_run(dirs: tuple[str, str])
 def test_visual_tokens_that_do_not_pool_the_grid_name_the_choices(dirs: tuple[str, str]) -> None:
     with pytest.raises(ValueError, match="one of 16, 4, 1"):
         run(dirs, MemVP(), visual_tokens=9)
+
+
+def test_teacher_forcing_labels_only_the_answer_and_eos(dirs: tuple[str, str]) -> None:
+    from harness.scenarios.vqa import _Batches
+
+    tokenizer = HFSource().load_tokenizer(dirs[0], {}, None)
+    questions = ["what digit is it ?", "how many digits are there ?"]
+    batches = _Batches(tokenizer, questions, ["7", "3"])
+    ids, mask, labels = batches.teacher_forced([0, 1])
+    eos = tokenizer.eos_token_id
+    for row, answer in enumerate(["7", "3"]):
+        kept = labels[row][labels[row] != -100].tolist()
+        assert kept == [tokenizer.convert_tokens_to_ids(answer), eos]
+        assert ids[row, -2:].tolist() == kept  # the answer ends every left-padded row
+    assert mask[1].tolist() == [1] * ids.shape[1]  # the longer prompt has no padding
+    assert mask[0].sum() < mask[1].sum()
+
+
+def test_training_lowers_the_loss(dirs: tuple[str, str]) -> None:
+    ctx = run(dirs, TextOnly(), lr=3e-2)
+    losses = [r.value for r in ctx.recorder.metrics if r.metric == "final_loss"]
+    assert losses and losses[0] < 3.7  # ln(40): a uniform guess over the vocabulary

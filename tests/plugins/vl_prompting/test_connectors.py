@@ -10,6 +10,8 @@ from harness_plugins.vl_prompting import MemVP, Prefix, TextOnly
 from harness_plugins.vl_prompting.memvp import MemVPParams
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
 
+from harness.scenarios.vqa_protocol import patch_features
+
 WIDTH, LAYERS, FFN, FEATURES, ENCODER_LAYERS = 32, 2, 48, 24, 2
 
 
@@ -46,10 +48,11 @@ def projector_params(hidden: int) -> int:
 
 def test_memvp_trains_projector_memory_slots_and_encoder_adapters_only() -> None:
     connector = connect(MemVP(), visual_tokens=4, encoder_adapter_dim=3, projector_hidden=10)
-    adapters = ENCODER_LAYERS * (FEATURES * 3 + 3 + 3 * FEATURES + FEATURES)
-    assert trainable(connector) == projector_params(10) + LAYERS * 2 * 4 * WIDTH + adapters
+    adapters = ENCODER_LAYERS * (FEATURES * 3 + 3 * FEATURES)  # bias-free down and up
+    # one P_k and one P_v for every layer, as the official code shares them
+    assert trainable(connector) == projector_params(10) + 2 * 4 * WIDTH + adapters
     assert trainable(connect(MemVP(), visual_tokens=16, encoder_adapter_dim=0)) == (
-        projector_params(128) + LAYERS * 2 * 16 * WIDTH
+        projector_params(128) + 2 * 16 * WIDTH
     )
 
 
@@ -63,14 +66,13 @@ def test_prefix_and_text_only_train_lora_and_the_projector() -> None:
 
 def test_memvp_with_zero_features_is_a_text_only_ffn_adapter() -> None:
     connector = connect(MemVP(), visual_tokens=4, dropout=0.0).eval()
-    memory = connector.memories[0]
+    memory, slots = connector.memories[0], connector.slots
     with torch.no_grad():
-        for m in connector.memories:
-            m.p_v.normal_()  # trained values: the adapter now changes the output
+        slots.values.normal_()  # trained values: the adapter now changes the output
     x = torch.randn(2, 5, WIDTH)
     zeros = torch.zeros(2, 4, WIDTH)
     memory.memory = zeros
-    adapter = memory.ffn(x) + 0.1 * (torch.nn.functional.silu(x @ memory.p_k.T) @ memory.p_v)
+    adapter = memory.ffn(x) + 0.1 * (torch.nn.functional.silu(x @ slots.keys.T) @ slots.values)
     torch.testing.assert_close(memory(x), adapter)
     memory.memory = None
     with torch.no_grad():
@@ -79,6 +81,36 @@ def test_memvp_with_zero_features_is_a_text_only_ffn_adapter() -> None:
         seen = connector(connector.encode(IMAGES), IDS, MASK).logits
     torch.testing.assert_close(zeroed, alone)
     assert not torch.allclose(seen, alone)
+
+
+def test_memvp_reads_visual_features_as_ffn_keys_and_values() -> None:
+    connector = connect(MemVP(), visual_tokens=4, dropout=0.0).eval()
+    memory, slots = connector.memories[1], connector.slots
+    with torch.no_grad():
+        slots.values.normal_()
+        z = connector.encode(IMAGES)
+        features = patch_features(connector.encoder, IMAGES, 4)
+        torch.testing.assert_close(z, 0.01 * connector.projector(features))
+        z = torch.randn_like(z)  # as a trained projector's features: large enough to matter
+        x = torch.randn(2, 5, WIDTH)
+        memory.memory = z
+        keys, values = z + slots.keys, z + slots.values
+        expected = memory.ffn(x) + 0.1 * (
+            torch.nn.functional.silu(x @ keys.transpose(1, 2)) @ values
+        )
+        torch.testing.assert_close(memory(x), expected)
+
+
+def test_memvp_encoder_adapters_start_as_the_frozen_encoder_and_then_change_it() -> None:
+    lm, encoder = models()
+    before = patch_features(encoder, IMAGES, 4)
+    connector = MemVP().connect(lm, encoder, MemVPParams(visual_tokens=4).model_dump(), None)
+    connector.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(patch_features(connector.encoder, IMAGES, 4), before)
+        for block in connector.encoder.layers:
+            block.mlp.up.weight.normal_()
+        assert not torch.allclose(patch_features(connector.encoder, IMAGES, 4), before)
 
 
 @pytest.mark.parametrize("method,grows", [(MemVP(), 0), (Prefix(), 4), (TextOnly(), 0)])
@@ -115,9 +147,14 @@ def test_decoding_from_the_cache_matches_a_full_forward(method: Any) -> None:
     torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-4)
 
 
-def test_left_padding_does_not_change_a_prompt_answer() -> None:
-    connector = connect(Prefix(), visual_tokens=4).eval()
+@pytest.mark.parametrize("method", [MemVP(), Prefix(), TextOnly()])
+def test_left_padding_does_not_change_a_prompt_answer(method: Any) -> None:
+    params = {} if isinstance(method, TextOnly) else {"visual_tokens": 4}
+    connector = connect(method, **params).eval()
     with torch.no_grad():
+        for w in connector.parameters():
+            if w.requires_grad:
+                w.normal_(0, 0.2)
         visual = connector.encode(IMAGES[:1])
         padded = connector(visual, IDS[:1], MASK[:1]).logits[:, -1]
         alone = connector(visual, IDS[:1, 2:], MASK[:1, 2:]).logits[:, -1]
@@ -144,8 +181,3 @@ def test_visual_tokens_must_pool_the_patch_grid() -> None:
     connector = connect(MemVP(), visual_tokens=9)
     with pytest.raises(ValueError, match=r"visual_tokens=9 .* one of 16, 4, 1"):
         connector.encode(IMAGES)
-
-
-def test_memvp_defaults_are_the_official_ones() -> None:
-    p = MemVPParams()
-    assert (p.scale, p.dropout, p.feature_scale, p.encoder_adapter_dim) == (0.1, 0.1, 0.01, 12)
