@@ -144,19 +144,36 @@ def busy_hosts(specs: dict[str, RunSpec], results: list[dict[str, Any]]) -> list
     return lines
 
 
-def summary_table(specs: dict[str, RunSpec], results: list[dict[str, Any]]) -> Table:
+#: Summary columns dropped, in this order, until the table fits a narrow terminal.
+OPTIONAL_SUMMARY_COLUMNS = ("wall", "peak VRAM", "peak host RSS", "seed")
+
+
+def _varying_params(ran: list[RunSpec]) -> set[str]:
+    """The params whose value differs between the runs (or that only some runs have)."""
+    values: dict[str, set[str]] = {}
+    for spec in ran:
+        for key, value in spec.params.items():
+            values.setdefault(key, set()).add(repr(value))
+    everywhere = set.intersection(*(set(s.params) for s in ran)) if ran else set()
+    return {k for k, v in values.items() if len(v) > 1 or k not in everywhere}
+
+
+def summary_table(
+    specs: dict[str, RunSpec], results: list[dict[str, Any]], width: int | None = None
+) -> Table:
     """One row per run executed now: status, quality metric, latency, peak memory.
 
-    Model and task get columns only when the suite has more than one of them.
+    Readable in a log and at 80 columns: params show only those that vary between the runs,
+    model and task get columns only when the suite has more than one, a column nobody
+    measured is left out, the quality's metric names its column when all runs share it, and
+    quality and latency are never cut. Where the table is still wider than ``width``, the
+    :data:`OPTIONAL_SUMMARY_COLUMNS` go, in that order.
     """
-    table = Table(title="summary")
     ran = [specs[r["run_key"]] for r in results]
+    shown = _varying_params(ran)
     axes = [("model", lambda s: s.model["ref"]), ("task", lambda s: s.task)]
     varied = [(name, get) for name, get in axes if len({get(s) for s in ran}) > 1]
-    columns = ["method", "params", *(name for name, _ in varied), "seed", "status", "quality",
-               "latency (median)", "peak host RSS", "peak VRAM", "wall"]
-    for column in columns:
-        table.add_column(column)
+    rows = []
     for result, spec in zip(results, ran, strict=True):
         metrics = result["metrics"]
         qualities = [m for m in metrics
@@ -166,19 +183,47 @@ def summary_table(specs: dict[str, RunSpec], results: list[dict[str, Any]]) -> T
         rss = [m["value"] for m in metrics if m["metric"] == "host_rss_peak" and m["value"]]
         vram = [m["value"] for m in metrics if m["metric"] == "cuda_allocated_peak" and m["value"]]
         style = STATUS_STYLE.get(result["status"], "white")
-        table.add_row(
-            escape(spec.method),
-            escape("\n".join(f"{k}={v}" for k, v in sorted(spec.params.items()))),
-            *(escape(str(get(spec))) for _, get in varied),
-            str(spec.seed),
-            f"[{style}]{result['status']}[/]",
-            f"{quality['metric']} {_fmt(quality['value'], quality['unit'])}" if quality else "—",
-            f"{latency['phase']} {_fmt(latency['value'], 'ms')}" if latency else "—",
-            _fmt(max(rss), "bytes") if rss else "—",
-            _fmt(max(vram), "bytes") if vram else "—",
-            f"{result['wall_s']:.1f} s",
-        )
+        rows.append({
+            "method": escape(spec.method),
+            "params": escape("\n".join(f"{k}={v}" for k, v in sorted(spec.params.items())
+                                       if k in shown)),
+            **{name: escape(str(get(spec))) for name, get in varied},
+            "seed": str(spec.seed),
+            "status": f"[{style}]{result['status']}[/]",
+            "quality": (quality["metric"], _fmt(quality["value"], quality["unit"]))
+            if quality else None,
+            "latency (median)": f"{latency['phase']} {_fmt(latency['value'], 'ms')}"
+            if latency else "—",
+            "peak host RSS": _fmt(max(rss), "bytes") if rss else "—",
+            "peak VRAM": _fmt(max(vram), "bytes") if vram else "—",
+            "wall": f"{result['wall_s']:.1f} s",
+        })  # fmt: skip
+    metric_names = {row["quality"][0] for row in rows if row["quality"]}
+    quality_header = next(iter(metric_names)) if len(metric_names) == 1 else "quality"
+    for row in rows:
+        name_value = row.pop("quality")
+        row[quality_header] = "—" if name_value is None else (
+            name_value[1] if len(metric_names) == 1 else " ".join(name_value))
+    columns = ["method", "params", *(name for name, _ in varied), "seed", "status",
+               quality_header, "latency (median)", "peak host RSS", "peak VRAM", "wall"]
+    columns = [c for c in columns if any(row[c] not in ("", "—") for row in rows)]
+    for dropped in (None, *OPTIONAL_SUMMARY_COLUMNS):
+        if dropped in columns:
+            columns.remove(dropped)
+        table = Table(title="summary")
+        for column in columns:
+            uncut = column in ("status", quality_header, "latency (median)")
+            table.add_column(column, no_wrap=uncut)
+        for row in rows:
+            table.add_row(*(row[c] for c in columns))
+        if width is None or natural_width(table) <= width:
+            break
     return table
+
+
+def natural_width(renderable: Any) -> int:
+    """The width ``renderable`` takes when nothing limits it (a log has no edge)."""
+    return Console(width=10**4).measure(renderable).maximum
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -237,7 +282,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     specs = {spec.run_key: spec for spec in suite.runs}
     if outcome.results:
-        out.print(summary_table(specs, outcome.results))
+        # On a terminal, what fits in it; in a log, which has no edge, the table's own width.
+        table = summary_table(specs, outcome.results, out.width if out.is_terminal else None)
+        if not out.is_terminal:
+            out.width = max(out.width, natural_width(table))
+        out.print(table)
         busy = busy_hosts(specs, outcome.results)
         if busy:
             console.print(f"[yellow]{len(busy)} run(s) were timed on a busy host "

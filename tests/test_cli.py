@@ -135,3 +135,58 @@ def test_new_plugin_scaffold_installs_tests_and_runs_as_generated(tmp_path):
         WHERE m.metric = 'storage_bytes' ORDER BY r.method""")
     storage = dict(rows)
     assert storage["half-weights"] == pytest.approx(storage["dense"] / 2, rel=0.01)
+
+
+def _summary_runs() -> tuple[dict, list[dict]]:
+    """Two methods with long, mostly constant params, as a suite's results come back."""
+    from harness.api import MeasureSettings, RunSpec
+
+    common = {"dropout": 0.1, "encoder_adapter_dim": 12, "feature_scale": 0.01,
+              "projector_hidden": 128, "targets": ["q_proj", "v_proj"]}  # fmt: skip
+    specs, results = {}, []
+    for i, (method, tokens) in enumerate([("memvp", 16), ("memvp", 64), ("prefix", 64)]):
+        key = f"key{i}"
+        specs[key] = RunSpec(
+            run_key=key, suite="s", scenario="vqa", model={"ref": "builtin:tiny-llama-vqa"},
+            task="digit-grid-vqa", task_params={}, method=method, method_version="1",
+            method_plugin="p", params={**common, "visual_tokens": tokens}, seed=0,
+            device="cpu", measure=MeasureSettings(), timeout_s=None, config={},
+        )  # fmt: skip
+        results.append({"run_key": key, "status": "ok", "wall_s": 51.25, "metrics": [
+            {"phase": "eval", "metric": "accuracy", "stat": "value", "value": 0.5703,
+             "unit": "", "higher_is_better": True},
+            {"phase": "train_step", "metric": "latency", "stat": "median", "value": 139.72,
+             "unit": "ms", "higher_is_better": None},
+            {"phase": "train", "metric": "host_rss_peak", "stat": "max", "value": 7.5e8,
+             "unit": "bytes", "higher_is_better": None},
+        ]})  # fmt: skip
+    return specs, results
+
+
+def test_the_run_summary_fits_80_columns_without_cutting_quality_or_latency() -> None:
+    from rich.console import Console
+
+    from harness.cli import summary_table
+
+    specs, results = _summary_runs()
+    console = Console(width=80, record=True)
+    console.print(summary_table(specs, results, width=80))
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= 80
+    assert "…" not in text
+    assert "accuracy" in text and "0.5703" in text and "train_step 139.7 ms" in text
+    assert "visual_tokens=16" in text and "dropout" not in text  # only what varies
+    assert "VRAM" not in text  # nobody measured it
+
+
+def test_the_run_summary_in_a_log_keeps_every_column() -> None:
+    from rich.console import Console
+
+    from harness.cli import natural_width, summary_table
+
+    specs, results = _summary_runs()
+    table = summary_table(specs, results)
+    console = Console(width=natural_width(table), record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "…" not in text and "wall" in text and "peak host RSS" in text and "715 MiB" in text
