@@ -148,14 +148,17 @@ def busy_hosts(specs: dict[str, RunSpec], results: list[dict[str, Any]]) -> list
 OPTIONAL_SUMMARY_COLUMNS = ("wall", "peak VRAM", "peak host RSS", "seed")
 
 
-def _varying_params(ran: list[RunSpec]) -> set[str]:
-    """The params whose value differs between the runs (or that only some runs have)."""
-    values: dict[str, set[str]] = {}
+def _varying_params(ran: list[RunSpec]) -> dict[str, set[str]]:
+    """Per method, the params whose value differs between its runs: what tells them apart."""
+    values: dict[tuple[str, str], set[str]] = {}
     for spec in ran:
         for key, value in spec.params.items():
-            values.setdefault(key, set()).add(repr(value))
-    everywhere = set.intersection(*(set(s.params) for s in ran)) if ran else set()
-    return {k for k, v in values.items() if len(v) > 1 or k not in everywhere}
+            values.setdefault((spec.method, key), set()).add(repr(value))
+    varying: dict[str, set[str]] = {spec.method: set() for spec in ran}
+    for (method, key), seen in values.items():
+        if len(seen) > 1:
+            varying[method].add(key)
+    return varying
 
 
 def summary_table(
@@ -163,10 +166,10 @@ def summary_table(
 ) -> Table:
     """One row per run executed now: status, quality metric, latency, peak memory.
 
-    Readable in a log and at 80 columns: params show only those that vary between the runs,
+    Readable in a log and at 80 columns: params show only those that tell a method's runs apart,
     model and task get columns only when the suite has more than one, a column nobody
     measured is left out, the quality's metric names its column when all runs share it, and
-    quality and latency are never cut. Where the table is still wider than ``width``, the
+    no cell is wrapped. Where the table is still wider than ``width``, the
     :data:`OPTIONAL_SUMMARY_COLUMNS` go, in that order.
     """
     ran = [specs[r["run_key"]] for r in results]
@@ -186,7 +189,7 @@ def summary_table(
         rows.append({
             "method": escape(spec.method),
             "params": escape("\n".join(f"{k}={v}" for k, v in sorted(spec.params.items())
-                                       if k in shown)),
+                                       if k in shown[spec.method])),
             **{name: escape(str(get(spec))) for name, get in varied},
             "seed": str(spec.seed),
             "status": f"[{style}]{result['status']}[/]",
@@ -212,8 +215,7 @@ def summary_table(
             columns.remove(dropped)
         table = Table(title="summary")
         for column in columns:
-            uncut = column in ("status", quality_header, "latency (median)")
-            table.add_column(column, no_wrap=uncut)
+            table.add_column(column, no_wrap=True)
         for row in rows:
             table.add_row(*(row[c] for c in columns))
         if width is None or natural_width(table) <= width:

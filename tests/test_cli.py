@@ -176,6 +176,7 @@ def test_the_run_summary_fits_80_columns_without_cutting_quality_or_latency() ->
     assert "…" not in text
     assert "accuracy" in text and "0.5703" in text and "train_step 139.7 ms" in text
     assert "visual_tokens=16" in text and "dropout" not in text  # only what varies
+    assert "visual_tokens=64" not in text.split("prefix")[1]  # prefix ran at one count
     assert "VRAM" not in text  # nobody measured it
 
 
