@@ -19,6 +19,7 @@ of the scored text) does not, so it compares models with different tokenizers.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -92,16 +93,36 @@ def token_windows(ids: torch.Tensor, seq_len: int, windows: int, seed: int, what
     return chunks[order[:windows]]
 
 
+#: Token ids of recently scored texts, by tokenizer and text: a worker process runs many
+#: configurations of one suite over the same held-out text, and tokenizing it again costs
+#: most of a second each time. A few entries: a suite scores one or two texts.
+_TOKEN_IDS: dict[tuple[str, int, str], torch.Tensor] = {}
+_TOKEN_IDS_KEPT = 4
+
+
+def token_ids(tokenizer: Any, text: str) -> torch.Tensor:
+    """``text`` tokenized without special tokens, cached per process by the tokenizer's path,
+    vocabulary size and the text's SHA-256."""
+    import torch
+
+    key = (str(getattr(tokenizer, "name_or_path", "")), len(tokenizer),
+           hashlib.sha256(text.encode("utf-8")).hexdigest())  # fmt: skip
+    if key not in _TOKEN_IDS:
+        # Special-token strings in the text (e.g. a literal "</s>") are text, not control tokens.
+        ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        while len(_TOKEN_IDS) >= _TOKEN_IDS_KEPT:
+            _TOKEN_IDS.pop(next(iter(_TOKEN_IDS)))
+        _TOKEN_IDS[key] = torch.tensor(ids)
+    return _TOKEN_IDS[key]
+
+
 def eval_windows(
     tokenizer: Any, text: str, seq_len: int, windows: int, seed: int
 ) -> tuple[torch.Tensor, int]:
     """``windows`` non-overlapping token windows of ``text`` chosen by ``seed``, and the
     UTF-8 bytes of their scored part (every token but each window's first)."""
-    import torch
 
-    # Special-token strings in the text (e.g. a literal "</s>") are text, not control tokens.
-    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    picked = token_windows(torch.tensor(ids), seq_len, windows, seed,
+    picked = token_windows(token_ids(tokenizer, text), seq_len, windows, seed,
                            "the eval text", "lower windows or seq_len")  # fmt: skip
     scored_bytes = sum(
         len(

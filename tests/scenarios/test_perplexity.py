@@ -112,3 +112,30 @@ def test_compression_trades_quality_for_bytes_on_the_trained_model(tiny_byte_lm_
     assert bpb["magnitude"] > bpb["dense"]
     assert stored["rtn2"] < stored["rtn4"] < stored["rtn8"] < stored["magnitude"] < stored["dense"]
     assert results["rtn4"].value("model", "compression_ratio") > 3
+
+
+def test_a_worker_tokenizes_the_same_text_once() -> None:
+    from harness.scenarios import perplexity
+
+    class Counting:
+        """A tokenizer that counts its calls: one id per character."""
+
+        name_or_path = "counting"
+        calls = 0
+
+        def __len__(self) -> int:
+            return 256
+
+        def __call__(self, text: str, **kwargs: object) -> dict[str, list[int]]:
+            Counting.calls += 1
+            return {"input_ids": [ord(c) % 256 for c in text]}
+
+    text = "held-out text " * 50
+    first = perplexity.token_ids(Counting(), text)
+    again = perplexity.token_ids(Counting(), text)  # a new run's freshly loaded tokenizer
+    other = perplexity.token_ids(Counting(), text + "!")
+    assert Counting.calls == 2
+    assert torch.equal(first, again) and len(other) == len(text) + 1
+    for i in range(perplexity._TOKEN_IDS_KEPT + 1):
+        perplexity.token_ids(Counting(), f"text {i}")
+    assert len(perplexity._TOKEN_IDS) == perplexity._TOKEN_IDS_KEPT  # bounded
