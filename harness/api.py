@@ -52,8 +52,10 @@ __all__ = [
 
 #: Every status a run can end with. ``ok`` and ``invalid`` are measurements (``invalid``
 #: missed the suite's measurement rules); ``oom`` is a real result for memory benchmarks;
-#: ``failed``, ``timeout`` and ``crashed`` carry an error and a traceback or reason.
-STATUSES = ("ok", "invalid", "oom", "failed", "timeout", "crashed")
+#: ``failed``, ``timeout`` and ``crashed`` carry an error and a traceback or reason;
+#: ``unsupported`` says why the run can't be done on this hardware (:class:`Unsupported`):
+#: not a failure, and not retried there.
+STATUSES = ("ok", "invalid", "oom", "failed", "timeout", "crashed", "unsupported")
 
 
 class Params(BaseModel):
@@ -296,8 +298,9 @@ class RunSpec:
 class Unsupported(Exception):
     """Raised by a method or scenario when a run can't be done on this machine.
 
-    The run is stored as ``failed`` with the message as its reason (e.g. "offloading
-    needs a CUDA device"), not as a crash.
+    The run is stored as ``unsupported`` with the message as its reason (e.g. "offloading
+    needs a CUDA device"): the suite's exit status does not count it as a failure, and
+    ``--retry-failed`` does not run it again (on other hardware its run key differs).
     """
 
 

@@ -33,6 +33,7 @@ STATUS_STYLE = {
     "failed": "red",
     "timeout": "red",
     "crashed": "bold red",
+    "unsupported": "dim",
 }
 DEFAULT_DB = "harness.duckdb"
 

@@ -240,7 +240,7 @@ def execute_run(
             record_baseline(device, recorder)
             ctx.scenario.run(ctx)
     except Unsupported as exc:
-        status, error = "failed", f"unsupported here: {exc}"
+        status, error = "unsupported", str(exc)
     except RunTimeout as exc:
         status, error, trace = "timeout", str(exc), traceback.format_exc()
     except BaseException as exc:

@@ -152,6 +152,19 @@ def test_rerun_and_retry_failed(tmp_path):
     assert all(t != t0 for (t,), (_, t0) in zip(rerun, before, strict=True))
 
 
+def test_unsupported_is_stored_with_its_reason_not_failed_and_not_retried(tmp_path):
+    suite = write_suite(tmp_path, "[steady, needs-gpu]")
+    db = tmp_path / "h.duckdb"
+    run = ["run", str(suite), "--db", str(db), "--executor", "inline"]
+    assert main(run) == 0  # nothing failed: the exit status stays 0
+    _, rows = query(db, "SELECT method, status, error, finished_at FROM runs")
+    by_method = {m: (s, e, t) for m, s, e, t in rows}
+    assert by_method["needs-gpu"][:2] == ("unsupported", "this method needs a CUDA device")
+    assert main([*run, "--retry-failed"]) == 0
+    _, again = query(db, "SELECT finished_at FROM runs WHERE method = 'needs-gpu'")
+    assert again == [(by_method["needs-gpu"][2],)]  # the same hardware: not run again
+
+
 def test_select_pending_semantics():
     class Spec:
         def __init__(self, key):

@@ -48,6 +48,7 @@ _ERRORS = {
     "failed": (HTML_ERROR, HTML_TRACEBACK),
     "timeout": ("timed out after 600 s", None),
     "crashed": ("worker died: signal 11 (SIGSEGV)", "Fatal Python error: Segmentation fault"),
+    "unsupported": ("offloading the KV cache needs a CUDA device", None),
 }
 
 
@@ -166,6 +167,7 @@ def build_fixture_store(path: str | Path) -> dict[str, Any]:
     add(*a, GPU, "a", XSS, {"note": "<b>bold</b>"}, 0, "ok", quality=20.0, latency=1.0,
         vram=300 * MiB)
     add(*a, GPU, "a", "bigmem", {}, 0, "oom")
+    add(*a, CPU, "a", "offload", {}, 0, "unsupported")
 
     b = (beta, "beta")
     for seed, accuracy in enumerate((0.90, 0.92)):

@@ -5,7 +5,8 @@ as the report rendered them from ``scenario_store`` when it still named every fa
 columns itself. Built from the same store with the columns the built-in scenarios now
 declare, the leaderboards must be identical — but for changes made on purpose since, each
 regenerated into the file in its own commit: the compress pages' compression ratio is a cost
-column (higher is better), no longer a quality one.
+column (higher is better), no longer a quality one; the JSON downloads count ``unsupported``
+runs too.
 """
 
 from __future__ import annotations

@@ -268,7 +268,7 @@ def test_best_marks_only_ok_rows_in_the_right_direction(site):
     assert float(slowpoke["cells"][ppl]["attrs"]["data-sort"]) == pytest.approx(5.25)
     # rows start pre-sorted: ok rows by perplexity (lower first), then invalid, then none
     order = [r["cells"][0]["attrs"]["data-sort"] for r in cpu["rows"]]
-    assert order == ["dense", "dense", "rtn", XSS, "slowpoke", "crashy"]
+    assert order == ["dense", "dense", "rtn", XSS, "slowpoke", "crashy", "offload"]
     assert cpu["headers"][ppl]["attrs"]["data-first"] == "asc"
     assert cpu["headers"][throughput]["attrs"]["data-first"] == "desc"
     beta = table(board_page(out, BETA, CPU, "digits"))
@@ -291,6 +291,7 @@ def test_rows_without_ok_seeds_stay_visible_with_reasons(site):
     assert "1 failed" in text and "forward: cv 0.9 &gt; max_cv 0.5" in text
     gpu_text = board_page(out, ALPHA, GPU).read_text(encoding="utf-8")
     assert "1 oom" in gpu_text and "CUDA out of memory" in gpu_text
+    assert "1 unsupported" in text and "offloading the KV cache needs a CUDA device" in text
     seen = set()
     for path in out.glob("*/*.html"):
         seen |= set(re.findall(r'class="badge st-([a-z]+)"', path.read_text(encoding="utf-8")))
@@ -370,7 +371,7 @@ def test_csv_and_json_downloads(site, fixture_db):
     rows = download(path, ".csv")
     data = download(path, ".json")
     page = table(path)
-    assert len(rows) == len(data["rows"]) == len(page["rows"]) == 6
+    assert len(rows) == len(data["rows"]) == len(page["rows"]) == 7
     assert [r["method"] for r in rows] == [r["method"] for r in data["rows"]]
     assert {r["hardware"] for r in rows} == {CPU} and data["hardware"] == CPU
     xss = next(r for r in rows if r["method"] == XSS)  # data files keep the raw text
@@ -382,6 +383,8 @@ def test_csv_and_json_downloads(site, fixture_db):
     crashy = next(r for r in data["rows"] if r["method"] == "crashy")
     assert crashy["values"]["perplexity"]["mean"] is None
     assert {r["status"] for r in crashy["runs"]} == {"crashed", "timeout"}
+    offload = next(r for r in rows if r["method"] == "offload")
+    assert (offload["unsupported"], offload["failed"]) == ("1", "0")
     keys = {k for r in rows for k in r["run_keys"].split()}
     assert keys == {k for label, k in info["keys"].items() if label.startswith("alpha/cpu/")}
     assert "vram" not in {c["key"] for c in data["columns"]}  # no VRAM on CPU: listed below
