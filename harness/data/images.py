@@ -40,6 +40,7 @@ __all__ = [
     "digits_shift",
     "hf_image_dataset",
     "image_folder",
+    "resized",
     "shapes_count",
     "shapes_orientation",
     "shapes_position",
@@ -165,6 +166,14 @@ def _place(
     return centres
 
 
+def resized(image: np.ndarray, side: int) -> np.ndarray:
+    """A 2-D ``image`` resized bilinearly to ``side`` x ``side`` (a digit glyph to paste)."""
+    return torch.nn.functional.interpolate(
+        torch.from_numpy(image)[None, None], size=(side, side), mode="bilinear",
+        align_corners=False,
+    )[0, 0].numpy()  # fmt: skip
+
+
 def add_pixel_noise(canvas: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
     """Add Gaussian pixel noise and clip to [0, 1]."""
     if noise:
@@ -226,12 +235,7 @@ def digits_shift(
         images = np.zeros((len(indices), size, size))
         for image, index in zip(images, indices, strict=True):
             side = int(rng.integers(low, high + 1))
-            digit = torch.nn.functional.interpolate(
-                torch.from_numpy(sources[index])[None, None],
-                size=(side, side),
-                mode="bilinear",
-                align_corners=False,
-            )[0, 0].numpy()
+            digit = resized(sources[index], side)
             top, left = rng.integers(0, size - side + 1, size=2)
             image[top : top + side, left : left + side] = digit * rng.uniform(0.6, 1.0)
             image[:] = add_pixel_noise(image, noise, rng)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.data.images import add_pixel_noise, stratified_split
+from harness.data.images import add_pixel_noise, resized, stratified_split
 
 __all__ = [
     "CELLS",
@@ -169,12 +169,7 @@ def digit_grid_vqa(seed: int, size: int = 32, train: int = 2000, test: int = 500
             samples = rng.choice(by_class[scene.digit], size=len(scene.cells), replace=False)
             for name, index in zip(scene.cells, samples, strict=True):
                 side = int(rng.integers(low, high + 1))
-                glyph = torch.nn.functional.interpolate(
-                    torch.from_numpy(sources[index])[None, None],
-                    size=(side, side),
-                    mode="bilinear",
-                    align_corners=False,
-                )[0, 0].numpy()
+                glyph = resized(sources[index], side)
                 row, col = divmod(CELLS.index(name), 2)
                 top = row * cell + int(rng.integers(0, cell - side + 1))
                 left = col * cell + int(rng.integers(0, cell - side + 1))

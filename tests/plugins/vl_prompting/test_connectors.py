@@ -38,6 +38,18 @@ MASK = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
 IMAGES = torch.rand(2, 3, 16, 16)
 
 
+def as_if_trained(method: Any) -> Any:
+    """``method``'s connector (4 visual tokens where it takes any) in eval mode, its trainable
+    weights drawn at random as if trained: every path contributes to the output."""
+    params = {} if isinstance(method, TextOnly) else {"visual_tokens": 4}
+    connector = connect(method, **params).eval()
+    with torch.no_grad():
+        for w in connector.parameters():
+            if w.requires_grad:
+                w.normal_(0, 0.2)
+    return connector
+
+
 def trainable(connector: Any) -> int:
     return sum(w.numel() for w in connector.parameters() if w.requires_grad)
 
@@ -131,12 +143,8 @@ def test_the_lm_sees_the_text_alone_or_with_the_visual_tokens(method: Any, grows
 
 @pytest.mark.parametrize("method", [MemVP(), Prefix(), TextOnly()])
 def test_decoding_from_the_cache_matches_a_full_forward(method: Any) -> None:
-    params = {} if isinstance(method, TextOnly) else {"visual_tokens": 4}
-    connector = connect(method, **params).eval()
+    connector = as_if_trained(method)
     with torch.no_grad():
-        for w in connector.parameters():
-            if w.requires_grad:
-                w.normal_(0, 0.2)  # as if trained: every path contributes
         visual = connector.encode(IMAGES)
         cache = DynamicCache()
         connector(visual, IDS, MASK, past_key_values=cache)
@@ -149,12 +157,8 @@ def test_decoding_from_the_cache_matches_a_full_forward(method: Any) -> None:
 
 @pytest.mark.parametrize("method", [MemVP(), Prefix(), TextOnly()])
 def test_left_padding_does_not_change_a_prompt_answer(method: Any) -> None:
-    params = {} if isinstance(method, TextOnly) else {"visual_tokens": 4}
-    connector = connect(method, **params).eval()
+    connector = as_if_trained(method)
     with torch.no_grad():
-        for w in connector.parameters():
-            if w.requires_grad:
-                w.normal_(0, 0.2)
         visual = connector.encode(IMAGES[:1])
         padded = connector(visual, IDS[:1], MASK[:1]).logits[:, -1]
         alone = connector(visual, IDS[:1, 2:], MASK[:1, 2:]).logits[:, -1]
