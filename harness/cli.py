@@ -7,6 +7,7 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from rich.table import Table
 
 from harness import __version__
 from harness.api import RunSpec
-from harness.executors import EXECUTORS
+from harness.executors import EXECUTORS, Placement
 
 STATUS_STYLE = {
     "ok": "green",
@@ -230,14 +231,15 @@ def natural_width(renderable: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.environment import resolve_device
     from harness.suite import SuiteError, read_suite, resolve_suite
 
     try:
         suite_file = read_suite(args.suite)
         plugins, components = _load(args.plugin, suite_file.plugins, suite_file.path.parent)
         suite = resolve_suite(
-            suite_file, components, lambda spec: resolve_device(args.device or spec)
+            suite_file, components,
+            lambda spec, placement: _resolve_device(args, args.device or spec,
+                                                    _placed(placement, args)),
         )
     except SuiteError as exc:
         console.print(f"[red]invalid suite {escape(str(args.suite))}:[/]")
@@ -247,29 +249,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 2
+    for warning in suite.warnings:
+        console.print(f"[yellow]warning:[/] {escape(str(warning))}")
+    placement = _placed(suite.placement, args)
 
     if args.dry_run:
-        return _dry_run(suite, args.db)
+        return _dry_run(suite, placement, args.db)
 
-    from harness.executors.inline import InlineExecutor
-    from harness.executors.subprocess import SubprocessExecutor
+    from harness.models import cache_dir as default_cache_dir
     from harness.runner import Driver
     from harness.store import Store
 
-    executor_name = args.executor or suite.executor
-    from harness.models import cache_dir as default_cache_dir
-
     cache_dir = args.cache_dir or default_cache_dir()
-    if executor_name == "inline":
-        executor = InlineExecutor(plugins, components, suite.device, cache_dir)
-    else:
-        executor = SubprocessExecutor(
-            plugins, suite.device, cache_dir, isolation=suite.isolation,
-            base_dir=suite.path.parent, workers=suite.workers,
-        )
+    executor = _executor(placement, suite, plugins, components, cache_dir, Path(args.db))
     from harness.probes.host_load import host_busy_now
 
-    busy = host_busy_now()
+    busy = None if placement.remote else host_busy_now()  # a cluster's nodes aren't here
     if busy:
         console.print(f"[yellow]warning:[/] {escape(busy)} before the first run: timings will "
                       "be noisier, and runs that can't reach measure.rel_precision are stored "
@@ -311,7 +306,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(suite, db: str) -> int:
+def _placed(placement: Placement, args: argparse.Namespace) -> Placement:
+    """The suite's placement with the command line's ``--executor`` and ``--address``."""
+    if args.executor:
+        placement = replace(placement, executor=args.executor)
+    if args.address:
+        placement = replace(placement, ray=placement.ray.model_copy(
+            update={"address": args.address}))
+    return placement
+
+
+def _resolve_device(args: argparse.Namespace, spec: str, placement: Placement
+                    ) -> tuple[str, str]:
+    """Where the runs will execute: here, or a cluster's node asked by a probe task."""
+    if placement.executor == "ray":
+        from harness.executors.ray import probe_device
+
+        return probe_device(spec, placement)
+    if placement.executor == "slurm":
+        from harness.executors.slurm import default_folder, probe_device
+
+        console.print("[dim]asking a Slurm node for its hardware (one short job)…[/]")
+        return probe_device(spec, placement, default_folder(Path(args.db), placement))
+    from harness.environment import resolve_device
+
+    return resolve_device(spec)
+
+
+def _executor(placement: Placement, suite, plugins, components, cache_dir: str, db: Path):
+    base_dir = suite.path.parent
+    if placement.executor == "inline":
+        from harness.executors.inline import InlineExecutor
+
+        return InlineExecutor(plugins, components, suite.device, cache_dir)
+    if placement.executor == "ray":
+        from harness.executors.ray import RayExecutor
+
+        return RayExecutor(plugins, suite.device, cache_dir, placement, base_dir=base_dir)
+    if placement.executor == "slurm":
+        from harness.executors.slurm import SlurmExecutor, default_folder
+
+        return SlurmExecutor(plugins, suite.device, cache_dir, placement,
+                             default_folder(db, placement), suite_name=suite.name,
+                             base_dir=base_dir)
+    from harness.executors.subprocess import SubprocessExecutor
+
+    return SubprocessExecutor(plugins, suite.device, cache_dir, isolation=placement.isolation,
+                              base_dir=base_dir, workers=placement.workers)
+
+
+def _dry_run(suite, placement: Placement, db: str) -> int:
     from harness.store import StoreError, connect_readonly
 
     stored: dict[str, str] = {}
@@ -336,9 +380,15 @@ def _dry_run(suite, db: str) -> int:
     out.print(table)
     first = suite.runs[0] if suite.runs else None
     if first is not None:
-        workers = suite.workers if first.device == "cpu" else "one per GPU"
+        if placement.remote:
+            resources = placement.resources
+            where = (f"{resources.cpus} CPU(s) and {resources.gpus_per_run(first.device):g} "
+                     "GPU(s) per run")
+        else:
+            where = (f"isolation {placement.isolation}, workers "
+                     f"{placement.workers if first.device == 'cpu' else 'one per GPU'}")
         out.print(f"device {first.device} ({escape(str(first.config['hardware']))}), "
-                  f"executor {suite.executor}, isolation {suite.isolation}, workers {workers}")
+                  f"executor {placement.executor}, {where}")
     return 0
 
 
@@ -505,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true",
                      help="run again stored runs that failed, crashed, timed out or hit OOM")
     run.add_argument("--executor", choices=EXECUTORS, help="override the suite's executor")
+    run.add_argument("--address", help="ray executor: the cluster to join ('auto', "
+                     "'ray://HOST:10001'; default: the suite's ray.address, else a local one)")
     run.add_argument("--device", help="override the suite's device (auto, cpu, cuda, cuda:N)")
     run.add_argument("--cache-dir", help="built-in models and data (default: user cache dir)")
     run.add_argument("--keep-going-exit-0", action="store_true",

@@ -48,16 +48,18 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_device(spec: str) -> tuple[str, str]:
+def resolve_device(spec: str, *, cpus: int | None = None) -> tuple[str, str]:
     """Map a suite's ``device`` (auto, cpu, cuda, cuda:N) to ``(device, hardware label)``.
 
     The label names what timings depend on: the GPU model, or the CPU model and the number
-    of CPUs this process may use.
+    of CPUs this process may use (``cpus`` where a run gets fewer than the process's
+    affinity allows: a Ray task's share of a node).
     """
     if spec == "auto":
         spec = "cuda" if cuda_device_count() > 0 else "cpu"
     if spec == "cpu":
-        return "cpu", f"cpu: {cpu_name()} x{usable_cpu_count()}"
+        count = usable_cpu_count() if cpus is None else min(cpus, usable_cpu_count())
+        return "cpu", f"cpu: {cpu_name()} x{count}"
     if spec == "cuda" or spec.startswith("cuda:"):
         count = cuda_device_count()
         index = int(spec.partition(":")[2] or 0)

@@ -33,49 +33,33 @@ import psutil
 
 from harness.api import RunSpec
 from harness.executors import Finished, Started
+from harness.executors.worker import (
+    WorkerConfig,
+    environment,
+    loaded,
+    log_tail,
+    run_spec,
+    set_threads,
+)
 from harness.plugins import PluginSet
 
-LOG_TAIL_BYTES = 4000
 #: A worker that dies this many times in a row before becoming ready fails the suite's rest.
 MAX_START_FAILURES = 2
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What a worker needs to rebuild the driver's plugin set in a fresh process."""
-
-    modules: tuple[str, ...]
-    blocked: tuple[str, ...]
-    base_dir: str | None
-    device: str
-    cache_dir: str
-    visible_devices: str | None
-    log_path: str
-    #: torch's intra-op threads in this worker; ``None`` keeps torch's default.
-    threads: int | None = None
-
-
-def worker_main(conn: Connection, config: WorkerConfig) -> None:
+def worker_main(
+    conn: Connection, config: WorkerConfig, visible_devices: str | None, log_path: str
+) -> None:
     """Entry point of a worker process: load plugins, then run specs until told to stop."""
-    log = os.open(config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
     faulthandler.enable()
-    if config.visible_devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = config.visible_devices
-    if config.threads is not None:
-        import torch
-
-        torch.set_num_threads(config.threads)
-
-    from harness.context import execute_run
-    from harness.environment import collect_environment
-    from harness.plugins import load_components, load_plugins
-
-    base_dir = Path(config.base_dir) if config.base_dir else None
-    plugins = load_plugins(config.modules, blocked=config.blocked, base_dir=base_dir)
-    components = load_components(plugins)
-    conn.send(("ready", collect_environment(config.device)))
+    if visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
+    set_threads(config)
+    loaded(config)
+    conn.send(("ready", environment(config.device)))
     while True:
         try:
             spec = conn.recv()
@@ -90,8 +74,7 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
             sys.stderr.flush()
             multiprocessing.util._exit_function()
             os._exit(0)
-        conn.send(("result", execute_run(spec, components, plugins, config.device,
-                                         config.cache_dir)))
+        conn.send(("result", run_spec(config, spec)))
 
 
 @dataclass
@@ -124,15 +107,10 @@ class Worker:
 
     def log_tail(self) -> str:
         """The last lines this worker wrote since its current run started."""
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(max(self.log_offset, self.log_size() - LOG_TAIL_BYTES))
-                return fh.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return log_tail(self.log_path, self.log_offset)
 
 
-def _kill_tree(pid: int) -> None:
+def kill_tree(pid: int) -> None:
     """SIGKILL a process and everything it started (a hung run may have spawned helpers)."""
     try:
         parent = psutil.Process(pid)
@@ -220,12 +198,13 @@ class SubprocessExecutor:
             base_dir=str(self.base_dir) if self.base_dir else None,
             device=worker.device,
             cache_dir=self.cache_dir,
-            visible_devices=worker.visible_devices,
-            log_path=str(worker.log_path),
             threads=self.threads,
         )
         process = self._context.Process(
-            target=worker_main, args=(child, config), name=worker.name, daemon=True
+            target=worker_main,
+            args=(child, config, worker.visible_devices, str(worker.log_path)),
+            name=worker.name,
+            daemon=True,
         )
         process.start()
         child.close()
@@ -235,7 +214,7 @@ class SubprocessExecutor:
         if worker.process is None:
             return
         if kill:
-            _kill_tree(worker.process.pid)
+            kill_tree(worker.process.pid)
         else:
             try:
                 assert worker.conn is not None
@@ -244,7 +223,7 @@ class SubprocessExecutor:
                 pass
             worker.process.join(timeout=10)
             if worker.process.is_alive():
-                _kill_tree(worker.process.pid)
+                kill_tree(worker.process.pid)
         worker.process.join(timeout=5)
         if worker.conn is not None:
             worker.conn.close()

@@ -36,6 +36,9 @@ TOP_KEYS = (
     "executor",
     "isolation",
     "workers",
+    "resources",
+    "ray",
+    "slurm",
     "device",
 )
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from harness.api import RESERVED_MODEL_KEYS, MeasureSettings, RunSpec
 from harness.canonical import canonical_json, describe
-from harness.executors import EXECUTORS
+from harness.executors import EXECUTORS, Placement, RaySettings, Resources, SlurmSettings
 from harness.registry import Components, RegistryError, did_you_mean
 from harness.suite.checker import (
     Loc,
@@ -65,11 +65,9 @@ class Suite:
     path: Path
     text: str
     scenario: str
-    executor: str
-    isolation: str
-    #: Worker processes on a CPU device, each with an equal share of the cores as torch
-    #: threads (a CUDA device gets one worker per visible GPU).
-    workers: int
+    #: The executor and its settings (``executor``, ``isolation``, ``workers``,
+    #: ``resources``, ``ray``, ``slurm``).
+    placement: Placement
     #: The resolved device (``cpu``, ``cuda``, ``cuda:1``), not the ``auto`` written.
     device: str
     measure: MeasureSettings
@@ -96,11 +94,12 @@ class _Variant:
 def resolve_suite(
     suite_file: SuiteFile,
     components: Components,
-    resolve_device: Callable[[str], tuple[str, str]],
+    resolve_device: Callable[[str, Placement], tuple[str, str]],
 ) -> Suite:
     """Validate a parsed suite against the loaded components and expand its runs.
 
-    ``resolve_device`` maps the suite's ``device`` to ``(device, hardware label)`` and may
+    ``resolve_device`` maps the suite's ``device`` to ``(device, hardware label)`` where its
+    runs will execute (a cluster's node for a remote executor, hence the placement) and may
     raise :class:`ValueError`. Raises :class:`SuiteError` with every issue found.
     """
     checker = SuiteChecker(str(suite_file.path), suite_file.data)
@@ -122,10 +121,8 @@ def resolve_suite(
         except RegistryError as exc:
             checker.error(("scenario",), str(exc))
 
-    executor = _choice(checker, "executor", EXECUTORS)
-    isolation = _choice(checker, "isolation", ISOLATIONS)
-    workers = _workers(checker)
-    device, hardware = _device(checker, resolve_device)
+    placement = _placement(checker)
+    device, hardware = _device(checker, placement, resolve_device)
     measure = _measure(checker)
     timeout_s = _timeout(checker)
     seeds = _seeds(checker)
@@ -193,9 +190,7 @@ def resolve_suite(
         path=suite_file.path,
         text=suite_file.text,
         scenario=scenario_name or "",
-        executor=executor,
-        isolation=isolation,
-        workers=workers,
+        placement=placement,
         device=device,
         measure=measure,
         timeout_s=timeout_s,
@@ -258,14 +253,50 @@ def _workers(checker: SuiteChecker) -> int:
     return value
 
 
-def _device(checker: SuiteChecker, resolve: Callable[[str], tuple[str, str]]) -> tuple[str, str]:
+def _placement(checker: SuiteChecker) -> Placement:
+    executor = _choice(checker, "executor", EXECUTORS)
+    placement = Placement(
+        executor=executor,
+        isolation=_choice(checker, "isolation", ISOLATIONS),
+        workers=_workers(checker),
+        resources=_settings(checker, "resources", Resources, "resources per run"),
+        ray=_settings(checker, "ray", RaySettings, "ray settings"),
+        slurm=_settings(checker, "slurm", SlurmSettings, "slurm settings"),
+    )
+    for key, readers in (("resources", ("ray", "slurm")), ("ray", ("ray",)),
+                         ("slurm", ("slurm",))):
+        if key in checker.data and executor not in readers:
+            checker.warn((key,), f"ignored: only the {' and '.join(readers)} executor"
+                         f"{'s read' if len(readers) > 1 else ' reads'} it, and this suite's "
+                         f"executor is {executor}")
+    return placement
+
+
+def _settings(checker: SuiteChecker, key: str, schema: type[BaseModel], owner: str) -> Any:
+    raw = checker.data.get(key)
+    if raw is None:
+        return schema()
+    fields = ", ".join(schema.model_fields)
+    if not isinstance(raw, dict):
+        checker.error((key,), f"expected a mapping of {owner} ({fields}), got {describe(raw)}")
+        return schema()
+    key_locs = {k: (key, k) for k in raw}
+    settings = validate(checker, schema, plain(raw), key_locs, key_locs, (key,), owner)
+    return settings if settings is not None else schema()
+
+
+def _device(
+    checker: SuiteChecker,
+    placement: Placement,
+    resolve: Callable[[str, Placement], tuple[str, str]],
+) -> tuple[str, str]:
     spec = checker.data.get("device", "auto")
     if not isinstance(spec, str) or not _DEVICE_RE.fullmatch(spec):
         checker.error(("device",),
                       f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {describe(spec)}")
         return "cpu", "unknown"
     try:
-        device, hardware = resolve(spec)
+        device, hardware = resolve(spec, placement)
     except ValueError as exc:
         checker.error(("device",), str(exc))
         return "cpu", "unknown"

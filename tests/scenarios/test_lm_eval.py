@@ -186,7 +186,7 @@ def test_unknown_task_is_a_suite_error_with_line_and_near_misses(
     path = tmp_path / "suite.yaml"
     path.write_text(suite_text(model_dir, "[dense]", ["stdlib_next_lines"]))
     with pytest.raises(SuiteError) as caught:
-        resolve_suite(read_suite(path), load_components(load_plugins()), lambda _: ("cpu", "cpu"))
+        resolve_suite(read_suite(path), load_components(load_plugins()), lambda *_: ("cpu", "cpu"))
     (issue,) = caught.value.issues
     assert issue.line == 6 and "tasks" in issue.field
     assert "unknown lm-eval task 'stdlib_next_lines'; did you mean stdlib_next_line" in (
@@ -207,7 +207,7 @@ def test_without_lm_eval_a_suite_naming_its_tasks_is_a_suite_error(
     path = tmp_path / "suite.yaml"
     path.write_text(suite_text(model_dir, "[dense]"))
     with pytest.raises(SuiteError) as caught:
-        resolve_suite(read_suite(path), load_components(load_plugins()), lambda _: ("cpu", "cpu"))
+        resolve_suite(read_suite(path), load_components(load_plugins()), lambda *_: ("cpu", "cpu"))
     (issue,) = caught.value.issues
     assert issue.line == 6 and "needs lm-eval" in issue.message
 

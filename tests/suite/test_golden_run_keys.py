@@ -33,6 +33,7 @@ import pytest
 
 from harness import store as store_module
 from harness.canonical import canonical_json
+from harness.executors import Placement
 from harness.plugins import load_components, load_plugins
 from harness.suite import read_suite, resolve_suite, run_key
 
@@ -51,7 +52,7 @@ LEGACY_MAX_CV = {
 }
 
 
-def fixed_device(spec: str) -> tuple[str, str]:
+def fixed_device(spec: str, placement: Placement) -> tuple[str, str]:
     """Any machine: the device the suite asks for, and one hardware label for all."""
     return ("cuda" if spec.startswith("cuda") else "cpu"), "fixed hardware"
 

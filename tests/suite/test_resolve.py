@@ -18,6 +18,7 @@ import pytest
 from pydantic import model_validator
 
 from harness.api import MeasureSettings, NoParams, Params
+from harness.executors import Placement
 from harness.registry import Components
 from harness.suite import (
     DEFAULT_TIMEOUT_S,
@@ -140,7 +141,7 @@ def make_components(rtn_version: str = "1") -> Components:
     return components
 
 
-def fake_device(spec: str) -> tuple[str, str]:
+def fake_device(spec: str, placement: Placement) -> tuple[str, str]:
     """Like harness.environment.resolve_device on a machine without CUDA."""
     if spec in ("auto", "cpu"):
         return "cpu", "cpu: test x4"
@@ -176,7 +177,8 @@ tasks: [stdlib-text]
 def test_minimal_suite_fills_defaults() -> None:
     suite = load(SUITES / "valid" / "minimal.yaml")
     assert (suite.name, suite.scenario, suite.description) == ("minimal", "perplexity", "")
-    assert (suite.executor, suite.isolation, suite.device) == ("subprocess", "worker", "cpu")
+    assert suite.placement == Placement()
+    assert suite.device == "cpu"
     assert suite.timeout_s == DEFAULT_TIMEOUT_S
     assert suite.measure == MeasureSettings()
     assert suite.excluded == 0 and suite.plugins == ()
@@ -205,7 +207,8 @@ def test_minimal_suite_fills_defaults() -> None:
 def test_grid_suite_expands_in_order_and_excludes() -> None:
     suite = load(SUITES / "valid" / "grid.yaml")
     assert len(suite.runs) == 40 and suite.excluded == 8
-    assert (suite.executor, suite.isolation, suite.timeout_s) == ("inline", "run", 60.0)
+    assert (suite.placement.executor, suite.placement.isolation) == ("inline", "run")
+    assert suite.timeout_s == 60.0
     assert suite.measure == MeasureSettings(warmup=1, min_repeats=3, min_seconds=0.1,
                                             max_seconds=5)
     # models -> tasks -> methods (grid combos in order) -> seeds

@@ -1,0 +1,171 @@
+"""The code that runs a run away from the driver: in a spawned worker, a Ray task or a Slurm job.
+
+Plugins are modules, not objects, so a worker rebuilds the driver's plugin set from a
+:class:`WorkerConfig` and runs each spec with :func:`harness.context.execute_run`, the same
+probes and the same errors-become-statuses in every executor. A result leaves a worker with
+the environment it ran in (host, GPU, software), which is what the store records per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from harness.api import RunSpec
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs to rebuild the driver's plugin set in a fresh process."""
+
+    modules: tuple[str, ...]
+    blocked: tuple[str, ...]
+    base_dir: str | None
+    #: The device inside the worker (``cpu`` or ``cuda:0``: GPUs are pinned by visibility).
+    device: str
+    cache_dir: str
+    #: torch's intra-op threads in this worker; ``None`` keeps torch's default.
+    threads: int | None = None
+
+
+@lru_cache(maxsize=4)
+def loaded(config: WorkerConfig) -> tuple[Any, Any]:
+    """The plugin set and components of ``config``, loaded once per process (a Ray worker
+    process runs many tasks)."""
+    from harness.plugins import load_components, load_plugins
+
+    base_dir = Path(config.base_dir) if config.base_dir else None
+    plugins = load_plugins(config.modules, blocked=config.blocked, base_dir=base_dir)
+    return plugins, load_components(plugins)
+
+
+def set_threads(config: WorkerConfig) -> None:
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
+
+
+@lru_cache(maxsize=8)
+def _environment(device: str, visible_devices: str | None) -> dict[str, Any]:
+    from harness.environment import collect_environment
+
+    return collect_environment(device)
+
+
+def environment(device: str) -> dict[str, Any]:
+    """This process's environment row, collected once per device and GPU visibility."""
+    return _environment(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def hardware_label(config: WorkerConfig) -> str:
+    """The hardware group of this worker, as the driver's device resolution would name it."""
+    from harness.environment import resolve_device
+
+    return resolve_device("cuda" if config.device.startswith("cuda") else "cpu",
+                          cpus=config.threads)[1]
+
+
+def run_spec(config: WorkerConfig, spec: RunSpec) -> dict[str, Any]:
+    """Run ``spec`` here; its result with this worker's environment."""
+    from harness.context import execute_run
+
+    set_threads(config)
+    plugins, components = loaded(config)
+    result = execute_run(spec, components, plugins, config.device, config.cache_dir)
+    return {**result, "environment": environment(config.device)}
+
+
+def staged_run(
+    config: WorkerConfig, spec: RunSpec, log_path: str | None = None
+) -> Iterator[dict[str, Any] | None]:
+    """Run ``spec`` on a cluster's node (a Ray task, a Slurm job) in two steps: yield
+    ``None`` once the plugins are loaded and the run starts, then yield its result.
+
+    The driver starts the clock of ``limits.timeout`` at the first yield, as it does when a
+    subprocess worker is ready, so a node's start-up is not counted against the run.
+    Output goes to ``log_path`` when given (a crash leaves its native stack there), and the
+    stacks are dumped there a little before the deadline, should the run hang.
+    """
+    with output_to(log_path):
+        result = hardware_mismatch(config, spec)
+        if result is None:
+            set_threads(config)
+            loaded(config)
+            yield None
+            if spec.timeout_s:
+                faulthandler.dump_traceback_later(max(0.5, min(0.9 * spec.timeout_s,
+                                                               spec.timeout_s - 1.0)))
+            try:
+                result = run_spec(config, spec)
+            finally:
+                faulthandler.cancel_dump_traceback_later()
+    yield result
+
+
+def hardware_mismatch(config: WorkerConfig, spec: RunSpec) -> dict[str, Any] | None:
+    """The failed result of a run placed on a node outside its hardware group, else None.
+
+    A cluster may mix machines; a run keyed to one GPU model and measured on another would
+    be ranked against figures that are not its peers'.
+    """
+    import socket
+    import time
+
+    here, expected = hardware_label(config), spec.config["hardware"]
+    if here == expected:
+        return None
+    now = time.time()
+    return {
+        "run_key": spec.run_key, "status": "failed", "traceback": None,
+        "error": (f"this run was placed on {socket.gethostname()} ({here}), but the suite's "
+                  f"runs are keyed to '{expected}': the cluster mixes hardware; pin the "
+                  "suite's runs to one kind (ray: resources.accelerator_type; slurm: "
+                  "slurm.constraint or a partition of one kind)"),
+        "started_at": now, "finished_at": now, "wall_s": 0.0, "metrics": [], "samples": [],
+        "environment": environment(config.device),
+    }
+
+
+@contextlib.contextmanager
+def output_to(log_path: str | None) -> Iterator[None]:
+    """Send this process's stdout/stderr (and faulthandler's dumps) to ``log_path`` while
+    the block runs, then restore them: a Ray worker process outlives its task."""
+    if log_path is None:
+        faulthandler.enable()
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    faulthandler.enable()
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, log):
+            os.close(fd)
+
+
+def log_tail(path: Path, offset: int = 0, size: int = 4000) -> str:
+    """The last ``size`` bytes of a worker log written after ``offset``."""
+    try:
+        with open(path, "rb") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, end - size))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
