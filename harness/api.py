@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.columns import CORE_COSTS, CostColumn, CostPlot, QualityColumn, ResultColumns
 
@@ -258,6 +258,18 @@ class Recorder:
                 return row.value
         return None
 
+class MemoryLimit(BaseModel):
+    """``limits.memory``: caps on one run's memory. A run past one is stopped and stored as
+    ``oom`` with the figure it reached, and the suite goes on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Peak RSS of the run's process tree, in GiB (a watchdog in the worker samples it).
+    host_gb: float | None = Field(None, gt=0)
+    #: CUDA memory the run may allocate, in GiB (torch's per-process memory fraction).
+    cuda_gb: float | None = Field(None, gt=0)
+
+
 #: Keys of a resolved model (``RunSpec.model``, besides ``ref``) that name it rather than
 #: being options of its model source; a suite may not set them.
 RESERVED_MODEL_KEYS = ("source", "id", "version")
@@ -286,6 +298,8 @@ class RunSpec:
     measure: MeasureSettings
     timeout_s: float | None
     config: Mapping[str, Any]
+    #: Not part of the run key, like ``timeout_s``: limits stop a run, they don't shape it.
+    memory_limit: MemoryLimit = field(default_factory=lambda: MemoryLimit())
 
     @property
     def label(self) -> str:

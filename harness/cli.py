@@ -556,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run again stored runs that failed, crashed, timed out or hit OOM")
     run.add_argument("--executor", choices=EXECUTORS, help="override the suite's executor")
     run.add_argument("--address", help="ray executor: the cluster to join ('auto', "
-                     "'ray://HOST:10001'; default: the suite's ray.address, else a local one)")
+                     "'HOST:6379', 'local' for a new one; default: the suite's ray.address, "
+                     "else Ray's default)")
     run.add_argument("--device", help="override the suite's device (auto, cpu, cuda, cuda:N)")
     run.add_argument("--cache-dir", help="built-in models and data (default: user cache dir)")
     run.add_argument("--keep-going-exit-0", action="store_true",

@@ -215,6 +215,24 @@ def _alarm(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextlib.contextmanager
+def _cuda_memory_cap(cuda_gb: float | None, device: str) -> Iterator[None]:
+    """Cap what torch's allocator may hold on ``device`` (``limits.memory.cuda_gb``): an
+    allocation past it raises torch's OutOfMemoryError, which stores the run as ``oom``."""
+    if cuda_gb is None or not device.startswith("cuda"):
+        yield
+        return
+    import torch
+
+    index = torch.device(device).index or 0
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cuda_gb * 2**30 / total), index)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, index)  # the worker runs on
+
+
 def execute_run(
     spec: RunSpec,
     components: Components,
@@ -234,7 +252,8 @@ def execute_run(
     ctx: Context | None = None
     recorder = Recorder()
     try:
-        with _alarm(spec.timeout_s if alarm else None):
+        with _alarm(spec.timeout_s if alarm else None), \
+                _cuda_memory_cap(spec.memory_limit.cuda_gb, device):
             ctx = Context(spec, components, probes_for(plugins, device), device, cache_dir)
             recorder = ctx.recorder
             record_baseline(device, recorder)
@@ -252,6 +271,8 @@ def execute_run(
             f"(plugin '{spec.method_plugin}'), scenario '{spec.scenario}']"
         )
         trace = traceback.format_exc()
+        if status == "oom" and spec.memory_limit.cuda_gb is not None and device != "cpu":
+            error += f" (limits.memory.cuda_gb={spec.memory_limit.cuda_gb:g} caps this run)"
     finally:
         ctx = None
         gc.collect()

@@ -17,7 +17,8 @@ from harness.store import query
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def write_suite(tmp_path: Path, methods: str, *, seeds: str = "[0]", extra: str = "") -> Path:
+def write_suite(tmp_path: Path, methods: str, *, seeds: str = "[0]", extra: str = "",
+                limits: str = "{timeout: 4}") -> Path:
     """A suite over the test-only ``exercise`` scenario (tests/fixtures/faulty_plugin.py)."""
     path = tmp_path / "suite.yaml"
     methods_block = textwrap.indent(textwrap.dedent(methods).strip(), "  ")
@@ -31,7 +32,7 @@ def write_suite(tmp_path: Path, methods: str, *, seeds: str = "[0]", extra: str 
             methods_block if methods_block.lstrip().startswith("-") else methods_block.strip()),
         f"seeds: {seeds}",
         "measure: {warmup: 1, min_repeats: 3, min_seconds: 0.01, rel_precision: null}",
-        "limits: {timeout: 4}",
+        f"limits: {limits}",
         extra,
     ]) + "\n")
     return path
@@ -74,6 +75,29 @@ def test_subprocess_executor_turns_each_failure_into_its_status(tmp_path):
     status, error, trace = by_method[("hang", '{"marker":"","size":64}')]
     assert status == "timeout" and "limits.timeout=4" in error
     assert "time.sleep" in trace or "in work" in trace  # the hung worker's stacks
+
+
+def test_a_run_past_its_host_memory_limit_is_oom_and_the_suite_goes_on(tmp_path):
+    suite = write_suite(tmp_path, "[steady, hog, {name: steady, params: {size: 32}}]",
+                        limits="{timeout: 30, memory: {host_gb: 1.0}}")
+    db = tmp_path / "h.duckdb"
+    proc = harness_cli("run", str(suite), "--db", str(db))
+    assert proc.returncode == 0, proc.stderr  # oom is a result, not a failure of the harness
+    _, rows = query(db, "SELECT method, params, status, error FROM runs")
+    by_run = {(m, p): (s, e) for m, p, s, e in rows}
+    status, error = by_run[("hog", '{"marker":"","size":64}')]
+    assert status == "oom"
+    assert "over limits.memory.host_gb=1; killed" in error and "GiB of host RSS" in error
+    assert by_run[("steady", '{"marker":"","size":32}')][0] == "ok"  # after the kill
+
+
+def test_the_inline_executor_says_it_does_not_enforce_host_memory(tmp_path):
+    suite = write_suite(tmp_path, "[steady]", extra="executor: inline",
+                        limits="{timeout: 30, memory: {host_gb: 1.0}}")
+    proc = harness_cli("run", str(suite), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "limits.memory.host_gb: not enforced by the inline executor" in " ".join(
+        proc.stderr.split())
 
 
 def test_workers_leave_no_semaphore_for_the_tracker_to_report(tmp_path):

@@ -58,8 +58,10 @@ class RaySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    address: str | None = Field(None, description="an existing cluster ('auto', "
-                                "'ray://host:10001'); default: start a local one")
+    address: str | None = Field(None, description="the cluster to join: 'auto' (the one "
+                                "`ray start` began on this machine), 'HOST:6379', or 'local' "
+                                "(a new one); default: Ray's, 'auto' if there is one, else "
+                                "'local'")
 
 
 class SlurmSettings(BaseModel):

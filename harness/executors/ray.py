@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,37 +33,50 @@ from typing import Any
 
 from harness.api import RunSpec
 from harness.executors import Finished, Placement, RaySettings, Started
-from harness.executors.worker import WorkerConfig, log_tail, staged_run
+from harness.executors.worker import (
+    WorkerConfig,
+    failure,
+    log_tail,
+    oom_reason,
+    probe,
+    staged_run,
+    timeout_error,
+)
 from harness.plugins import PluginSet
 
 #: Seconds between looks at the cluster's size (it may grow or shrink under a suite).
 CAPACITY_REFRESH_S = 30.0
+#: How long the device probe waits for a node with a run's resources.
+PROBE_TIMEOUT_S = 600.0
 
 
 def connect(settings: RaySettings) -> None:
-    """Join the cluster at ``settings.address``, or start a local one; once per process
-    (Ray shuts it down at exit)."""
+    """Join the cluster at ``settings.address`` (Ray's default without one: the cluster
+    ``ray start`` began on this machine, else a new local one); once per process."""
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    if settings.address and settings.address.startswith("ray://"):
+        raise ValueError(f"ray.address '{settings.address}': Ray Client (ray://) cannot "
+                         "stream a task's results, which the ray executor needs; run harness "
+                         "on a node of the cluster with --address auto (or HOST:6379)")
+    try:
         ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"could not join the Ray cluster at "
+                         f"'{settings.address or 'this machine'}': {exc}") from exc
 
 
 def _run_task(
     config: WorkerConfig, spec: RunSpec, log_path: str | None
-) -> Iterator[dict[str, Any] | None]:
-    """A run's Ray task, a streaming generator: ``None`` when the run starts, then its
-    result (:func:`~harness.executors.worker.staged_run`)."""
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A run's Ray task, a streaming generator (:func:`~harness.executors.worker.staged_run`):
+    ``("started", environment)``, then ``("result", result)``."""
     if log_path is not None and not os.path.isdir(os.path.dirname(log_path)):
         log_path = None  # another host without the driver's file system
     yield from staged_run(config, spec, log_path)
-
-
-def _probe(device: str, cpus: int) -> tuple[str, str]:
-    from harness.environment import resolve_device
-
-    return resolve_device(device, cpus=cpus)
 
 
 def _task_options(placement: Placement, device: str) -> dict[str, Any]:
@@ -79,6 +93,21 @@ def _task_options(placement: Placement, device: str) -> dict[str, Any]:
     return options
 
 
+def _fits(placement: Placement, device: str) -> int:
+    """How many runs the cluster holds at once with each run's resources (0: none)."""
+    import ray
+
+    total = ray.cluster_resources()
+    options = _task_options(placement, device)
+    fits = [total.get("CPU", 0) // options["num_cpus"]]
+    if options["num_gpus"]:
+        fits.append(math.floor(total.get("GPU", 0) / options["num_gpus"]))
+    if "accelerator_type" in options:
+        fits.append(math.inf if total.get(
+            f"accelerator_type:{options['accelerator_type']}") else 0)
+    return int(min(fits))
+
+
 def probe_device(spec: str, placement: Placement) -> tuple[str, str]:
     """``(device, hardware label)`` as a node with a run's resources sees them."""
     import ray
@@ -90,12 +119,32 @@ def probe_device(spec: str, placement: Placement) -> tuple[str, str]:
     if spec == "auto":
         spec = "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
     options = _task_options(placement, spec)
+    if _fits(placement, spec) == 0:
+        raise ValueError(f"no node of the Ray cluster has what a run asks ({options}); "
+                         f"the cluster has {ray.cluster_resources()}")
+    ref = ray.remote(probe).options(**options).remote(spec, placement.resources.cpus)
     try:
-        return ray.get(ray.remote(_probe).options(**options).remote(spec, placement.resources.cpus),
-                       timeout=600)
+        return ray.get(ref, timeout=PROBE_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError as exc:
-        raise ValueError(f"no node of the ray cluster took a task with {options} within "
-                         "10 minutes: are the resources there?") from exc
+        ray.cancel(ref, force=True)
+        raise ValueError(f"no node of the Ray cluster took a task with {options} within "
+                         f"{PROBE_TIMEOUT_S:g} s") from exc
+
+
+@dataclass
+class _Flight:
+    """A run handed to Ray, and its clock once it started on a worker."""
+
+    spec: RunSpec
+    log: Path
+    started_at: float = field(default_factory=time.time)
+    deadline: float | None = None
+    #: The node's environment, from the task's start (the driver was told it started).
+    environment: dict[str, Any] | None = None
+
+    def failed(self, status: str, error: str, trace: str | None = None) -> dict[str, Any]:
+        return failure(self.spec, status, error, started_at=self.started_at,
+                       trace=log_tail(self.log) or trace, environment=self.environment)
 
 
 class RayExecutor:
@@ -110,67 +159,59 @@ class RayExecutor:
     ) -> None:
         self.placement = placement
         self.device = device
-        self.config = WorkerConfig(
-            modules=plugins.modules,
-            blocked=plugins.blocked,
-            base_dir=str(base_dir) if base_dir else None,
-            device="cpu" if device == "cpu" else "cuda:0",
-            cache_dir=cache_dir,
-            threads=placement.resources.cpus,
-        )
+        self.config = WorkerConfig.on_cluster(plugins, device, cache_dir,
+                                              placement.resources.cpus, base_dir)
 
-    def capacity(self) -> int:
-        """How many runs the cluster holds at once with each run's resources."""
+    def _task(self) -> Any:
         import ray
 
-        total = ray.cluster_resources()
-        options = _task_options(self.placement, self.device)
-        fits = [total.get("CPU", 0) // options["num_cpus"]]
-        if options["num_gpus"]:
-            fits.append(math.floor(total.get("GPU", 0) / options["num_gpus"]))
-        return max(1, int(min(fits)))
+        options = {**_task_options(self.placement, self.device), "num_returns": "streaming"}
+        # A process that touched CUDA keeps its first GPU whatever CUDA_VISIBLE_DEVICES Ray
+        # sets for the next task: GPU runs (and isolation: run) get a fresh worker each.
+        fresh = self.placement.isolation == "run" or options["num_gpus"] > 0
+        return ray.remote(max_calls=1 if fresh else 0)(_run_task).options(**options)
 
     def execute(self, runs: Sequence[RunSpec], started: Started, finished: Finished) -> None:
         import ray
 
         connect(self.placement.ray)
-        options = _task_options(self.placement, self.device)
-        options["num_returns"] = "streaming"
-        # isolation: run -> a worker process exits after its task (max_calls is no option)
-        fresh = {"max_calls": 1} if self.placement.isolation == "run" else {}
-        task = ray.remote(**fresh)(_run_task).options(**options) if fresh else (
-            ray.remote(_run_task).options(**options))
+        task = self._task()
         log_dir = Path(tempfile.mkdtemp(prefix="harness-ray-"))
         queue: deque[RunSpec] = deque(runs)
         flights: dict[Any, _Flight] = {}  # by the task's generator
         done: list[tuple[_Flight, dict[str, Any]]] = []
-        capacity, counted = self.capacity(), time.monotonic()
+
+        def report() -> None:
+            for flight, result in done:
+                if flight.environment is None:  # it never started
+                    started(flight.spec)
+                finished(flight.spec, result)
+            done.clear()
+
+        capacity, counted = max(1, _fits(self.placement, self.device)), time.monotonic()
         try:
             while queue or flights or done:
                 if time.monotonic() - counted > CAPACITY_REFRESH_S:
-                    capacity, counted = self.capacity(), time.monotonic()
+                    capacity = max(1, _fits(self.placement, self.device))
+                    counted = time.monotonic()
                 # A run queued behind each one that runs: a worker starts its next run the
                 # moment it is free (a queued run's clock starts only when it does).
                 while queue and len(flights) < 2 * capacity:
                     spec = queue.popleft()
                     log = log_dir / f"{spec.run_key}.log"
                     flights[task.remote(self.config, spec, str(log))] = _Flight(spec, log)
-                # Results are stored after the next runs went out: commits overlap them.
-                for flight, result in done:
-                    if not flight.announced:
-                        started(flight.spec)
-                    finished(flight.spec, result)
-                done.clear()
+                report()  # after the next runs went out: storing overlaps them
                 if not flights:
                     continue
                 deadlines = [f.deadline for f in flights.values() if f.deadline is not None]
                 wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
                 ready, _ = ray.wait(list(flights), num_returns=1, timeout=wait_s)
+                if ready:  # and all else ready by now, before any deadline is judged
+                    ready, _ = ray.wait(list(flights), num_returns=len(flights), timeout=0)
                 for generator in ready:
                     flight = flights[generator]
                     result = self._next(generator, flight)
-                    if result is None:  # the run started on its worker
-                        flight.announced = True
+                    if result is None:
                         started(flight.spec)
                     else:
                         del flights[generator]
@@ -180,82 +221,51 @@ class RayExecutor:
                     if flight.deadline is not None and now >= flight.deadline:
                         ray.cancel(generator, force=True)
                         del flights[generator]
-                        error = (f"run exceeded limits.timeout={flight.spec.timeout_s:g} s; "
-                                 "its task was cancelled")
-                        done.append((flight, _failure(flight, "timeout", error)))
+                        error = timeout_error(flight.spec.timeout_s or 0)
+                        done.append((flight, flight.failed("timeout", error)))
         finally:
+            report()
             for generator in flights:
                 ray.cancel(generator, force=True)
             shutil.rmtree(log_dir, ignore_errors=True)
 
     @staticmethod
     def _next(generator: Any, flight: _Flight) -> dict[str, Any] | None:
-        """Take the task's next item: start the run's clock on its start, return its result
-        (or the status of its end when it returned none)."""
+        """Take the task's next item: on its start, start the run's clock and return None;
+        then its result, or the status of its end when it returned none."""
         import ray
 
         try:
-            item = ray.get(next(generator))
-        except StopIteration:  # cannot happen: the task always yields its result last
-            return _failure(flight, "crashed", "the Ray task ended without a result")
-        except ray.exceptions.OutOfMemoryError as exc:
-            return _failure(flight, "oom", _first_line(exc))
+            kind, item = ray.get(next(generator))
+        except ray.exceptions.OutOfMemoryError as exc:  # Ray's memory monitor killed it
+            return flight.failed("oom", _first_line(exc))
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                 ray.exceptions.LocalRayletDiedError) as exc:
-            error = f"worker process died while running this run ({_first_line(exc)})"
-            return _failure(flight, "crashed", error)
-        except ray.exceptions.RayError as exc:  # the task raised: plugins did not load, ...
-            error = f"the Ray task failed: {_first_line(exc)}"
-            return _failure(flight, "crashed", error, str(exc))
-        if item is not None:
+            reason = oom_reason(log_tail(flight.log))
+            if reason is not None:  # the worker's watchdog: limits.memory.host_gb
+                return flight.failed("oom", reason)
+            return flight.failed("crashed", "worker process died while running this run "
+                                 f"({_first_line(exc)})")
+        except ray.exceptions.RayTaskError as exc:  # the task raised: plugins did not load
+            error, trace = task_error(exc)
+            return flight.failed("crashed", error, trace)
+        except ray.exceptions.RayError as exc:
+            return flight.failed("crashed", f"the Ray task failed: {_first_line(exc)}")
+        if kind == "result":
             return item
-        flight.started_at = time.time()
+        flight.environment, flight.started_at = item, time.time()
         if flight.spec.timeout_s:
             flight.deadline = time.monotonic() + flight.spec.timeout_s
         return None
 
 
-@dataclass
-class _Flight:
-    """A run handed to Ray, and its clock once it started on a worker."""
-
-    spec: RunSpec
-    log: Path
-    started_at: float = field(default_factory=time.time)
-    deadline: float | None = None
-    #: Whether the driver was told the run started (it is, at the latest, when it ends).
-    announced: bool = False
-
-
-    @staticmethod
-    def _outcome(ref: Any, spec: RunSpec, log: Path, started_at: float) -> dict[str, Any]:
-        """The task's result, or the status of its end when it returned none."""
-        import ray
-
-        try:
-            return ray.get(ref)
-        except ray.exceptions.OutOfMemoryError as exc:
-            return _failure(spec, "oom", _first_line(exc), log, started_at)
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                ray.exceptions.LocalRayletDiedError) as exc:
-            error = f"worker process died while running this run ({_first_line(exc)})"
-            return _failure(spec, "crashed", error, log, started_at)
-        except ray.exceptions.RayError as exc:  # the task raised: plugins did not load, ...
-            error = f"the Ray task failed: {_first_line(exc)}"
-            return _failure(spec, "crashed", error, log, started_at, str(exc))
+def task_error(exc: Any) -> tuple[str, str | None]:
+    """A failed task's error (its exception, not Ray's wrapper) and traceback."""
+    cause = getattr(exc, "cause", None)
+    error = f"{type(cause).__name__}: {cause}" if cause is not None else _first_line(exc)
+    return f"the Ray task failed: {error}", getattr(exc, "traceback_str", None)
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # no terminal colours
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _failure(flight: _Flight, status: str, error: str, trace: str | None = None
-             ) -> dict[str, Any]:
-    now = time.time()
-    return {
-        "run_key": flight.spec.run_key, "status": status, "error": error,
-        "traceback": log_tail(flight.log) or trace, "started_at": flight.started_at,
-        "finished_at": now, "wall_s": now - flight.started_at, "metrics": [], "samples": [],
-        "environment": {},
-    }

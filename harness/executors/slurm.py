@@ -17,6 +17,7 @@ executor): a suite can be tried before it goes to the cluster, and the tests use
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import time
@@ -29,7 +30,15 @@ from typing import Any
 from harness.api import RunSpec
 from harness.executors import Finished, Placement, Started
 from harness.executors.subprocess import kill_tree
-from harness.executors.worker import WorkerConfig, log_tail, staged_run
+from harness.executors.worker import (
+    WorkerConfig,
+    failure,
+    log_tail,
+    oom_reason,
+    probe,
+    staged_run,
+    timeout_error,
+)
 from harness.plugins import PluginSet
 
 #: The job time limit past ``limits.timeout``: start-up, and the driver's own cancel first.
@@ -40,6 +49,10 @@ UNLIMITED_MIN = 24 * 60
 STARTED = "harness-run-started"
 #: Slurm job states that mean what a harness status says.
 STATE_STATUS = {"OUT_OF_MEMORY": "oom", "TIMEOUT": "timeout"}
+#: States of a job that ended and will leave no result file (no need to wait for one to
+#: show on a shared file system); a local job that ended is FINISHED or INTERRUPTED.
+ENDED_WITHOUT_RESULT = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
+                                  "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"})
 
 
 def _submitit_executor(placement: Placement, device: str, folder: Path, timeout_s: float | None,
@@ -77,22 +90,17 @@ def default_folder(store: Path, placement: Placement) -> Path:
 
 
 def _run_job(config: WorkerConfig, spec: RunSpec) -> dict[str, Any]:
-    """A run's job: the run, with a mark in the job's folder when it starts."""
+    """A run's job: the run, with a mark in the job's folder (the node's environment) when
+    it starts."""
     import submitit
 
     folder = Path(submitit.JobEnvironment().paths.folder)
-    result = None
-    for result in staged_run(config, spec):
-        if result is None:
-            (folder / STARTED).touch()
-    assert result is not None
-    return result
-
-
-def _probe(device: str, cpus: int) -> tuple[str, str]:
-    from harness.environment import resolve_device
-
-    return resolve_device(device, cpus=cpus)
+    for kind, item in staged_run(config, spec):
+        if kind == "started":
+            (folder / STARTED).write_text(json.dumps(item, default=str))
+        else:
+            return item
+    raise AssertionError("staged_run ends with the result")
 
 
 def probe_device(spec: str, placement: Placement, folder: Path) -> tuple[str, str]:
@@ -103,15 +111,19 @@ def probe_device(spec: str, placement: Placement, folder: Path) -> tuple[str, st
                          "node decides which GPU)")
     if spec == "auto":  # what the jobs ask for decides
         spec = "cuda" if placement.resources.gpus else "cpu"
-    executor = _submitit_executor(placement, spec, folder, 600.0, "harness-probe")
-    job = executor.submit(_probe, spec, placement.resources.cpus)
+    job = None
     try:
+        executor = _submitit_executor(placement, spec, folder, 600.0, "harness-probe")
+        job = executor.submit(probe, spec, placement.resources.cpus)
         return job.result()
     except Exception as exc:
-        raise ValueError(f"the probe job {job.job_id} that asks a node its hardware "
-                         f"failed: {exc}") from exc
+        where = f"the probe job {job.job_id}" if job is not None else "submitting a probe job"
+        raise ValueError(f"{where}, which asks a node its hardware, failed: {exc}") from exc
     finally:
-        shutil.rmtree(job.paths.folder, ignore_errors=True)
+        if job is not None:
+            if not job.done():  # interrupted while it queued
+                job.cancel(check=False)
+            shutil.rmtree(job.paths.folder, ignore_errors=True)
 
 
 @dataclass
@@ -120,9 +132,15 @@ class _Flight:
 
     spec: RunSpec
     job: Any
-    #: When the run started in its job (time.time), once its mark is seen.
+    submitted_at: float
+    #: The node's environment once the run started in its job (its mark is seen).
+    environment: dict[str, Any] | None = None
     started_at: float | None = None
     deadline: float | None = None
+
+    def failed(self, status: str, error: str, trace: str | None = None) -> dict[str, Any]:
+        return failure(self.spec, status, error, trace=trace, environment=self.environment,
+                       started_at=self.started_at or self.submitted_at)
 
 
 class SlurmExecutor:
@@ -142,18 +160,12 @@ class SlurmExecutor:
         self.device = device
         self.folder = folder
         self.name = f"harness-{suite_name}"
-        #: Seconds between looks at the jobs: a local job's state is a process poll,
-        #: a cluster's is a call to the scheduler.
-        self.poll_s = poll_s if poll_s is not None else (
-            0.1 if placement.slurm.cluster == "local" else 5.0)
-        self.config = WorkerConfig(
-            modules=plugins.modules,
-            blocked=plugins.blocked,
-            base_dir=str(base_dir) if base_dir else None,
-            device="cpu" if device == "cpu" else "cuda:0",
-            cache_dir=cache_dir,
-            threads=placement.resources.cpus,
-        )
+        self.local = placement.slurm.cluster == "local"
+        #: Seconds between looks at the jobs: a local job's state is a process poll, a
+        #: cluster's one ``sacct`` call for all of them.
+        self.poll_s = poll_s if poll_s is not None else (0.1 if self.local else 15.0)
+        self.config = WorkerConfig.on_cluster(plugins, device, cache_dir,
+                                              placement.resources.cpus, base_dir)
 
     def execute(self, runs: Sequence[RunSpec], started: Started, finished: Finished) -> None:
         queue: deque[RunSpec] = deque(runs)
@@ -167,11 +179,8 @@ class SlurmExecutor:
                 for spec in batch:
                     by_timeout.setdefault(spec.timeout_s, []).append(spec)
                 for timeout_s, specs in by_timeout.items():
-                    if timeout_s not in executors:
-                        executors[timeout_s] = _submitit_executor(
-                            self.placement, self.device, self.folder, timeout_s, self.name)
-                    flights.extend(self._submit(executors[timeout_s], specs, started))
-                if not self._poll(flights, finished):
+                    flights.extend(self._submit(executors, timeout_s, specs, started, finished))
+                if not self._poll(flights, started, finished):
                     time.sleep(self.poll_s)
         finally:
             for flight in flights:
@@ -179,76 +188,95 @@ class SlurmExecutor:
             with contextlib.suppress(OSError):  # submitit's "%j" template folder, if empty
                 (self.folder / "%j").rmdir()
 
-    def _submit(self, executor: Any, specs: list[RunSpec], started: Started) -> list[_Flight]:
-        """Submit ``specs`` as one job array."""
-        with executor.batch():
-            jobs = [executor.submit(_run_job, self.config, spec) for spec in specs]
-        for spec in specs:
-            started(spec)
-        return [_Flight(spec, job) for spec, job in zip(specs, jobs, strict=True)]
+    def _submit(self, executors: dict[float | None, Any], timeout_s: float | None,
+                specs: list[RunSpec], started: Started, finished: Finished) -> list[_Flight]:
+        """Submit ``specs`` as one job array; a refused submission fails its runs."""
+        try:
+            if timeout_s not in executors:
+                executors[timeout_s] = _submitit_executor(
+                    self.placement, self.device, self.folder, timeout_s, self.name)
+            executor = executors[timeout_s]
+            with executor.batch():
+                jobs = [executor.submit(_run_job, self.config, spec) for spec in specs]
+        except Exception as exc:  # sbatch said no: a partition's limit, an account, ...
+            now = time.time()
+            for spec in specs:
+                started(spec)
+                finished(spec, failure(spec, "failed", f"Slurm refused the job: {exc}",
+                                       started_at=now))
+            return []
+        now = time.time()
+        return [_Flight(spec, job, now) for spec, job in zip(specs, jobs, strict=True)]
 
-    def _poll(self, flights: list[_Flight], finished: Finished) -> bool:
-        """Report every job that ended or ran past its limit; whether any did."""
+    def _poll(self, flights: list[_Flight], started: Started, finished: Finished) -> bool:
+        """Report every run that started, ended or ran past its limit; whether one ended."""
+        if not self.local and flights:
+            from submitit.slurm.slurm import SlurmJob
+
+            SlurmJob.watcher.update()  # one sacct call for every job
         any_done = False
         now = time.monotonic()
         for flight in list(flights):
             spec, job = flight.spec, flight.job
-            if flight.started_at is None and (Path(job.paths.folder) / STARTED).exists():
-                flight.started_at = time.time()
-                flight.deadline = now + spec.timeout_s if spec.timeout_s else None
-            if job.done():
-                result = self._outcome(flight, local=self.placement.slurm.cluster == "local")
-            else:
-                if flight.deadline is None or now < flight.deadline:
-                    continue
+            ended = job.done()
+            mark = Path(job.paths.folder) / STARTED
+            if flight.environment is None and mark.exists():
+                with contextlib.suppress(OSError, ValueError):
+                    flight.environment = json.loads(mark.read_text())
+                if flight.environment is not None:
+                    flight.started_at = time.time()
+                    flight.deadline = now + spec.timeout_s if spec.timeout_s else None
+                    started(spec)
+            if ended:
+                result = self._outcome(flight)
+            elif flight.deadline is not None and now >= flight.deadline:
                 self._cancel(job)
-                error = f"run exceeded limits.timeout={spec.timeout_s:g} s; job {job.job_id} " \
-                        "cancelled"
-                result = _failure(flight, "timeout", error, _stderr_tail(job))
+                result = flight.failed("timeout", timeout_error(spec.timeout_s or 0),
+                                       _stderr_tail(job))
+            else:
+                continue
             flights.remove(flight)
             any_done = True
+            if flight.environment is None:  # it never started
+                started(spec)
             finished(spec, result)
             shutil.rmtree(job.paths.folder, ignore_errors=True)  # committed: pickles not needed
         return any_done
 
     def _cancel(self, job: Any) -> None:
-        if self.placement.slurm.cluster == "local":  # a process tree here: kill it quietly
+        if self.local:  # a process tree here: kill it quietly
             kill_tree(int(job.job_id))
         else:
             job.cancel(check=False)
 
-    @staticmethod
-    def _outcome(flight: _Flight, *, local: bool) -> dict[str, Any]:
+    def _outcome(self, flight: _Flight) -> dict[str, Any]:
         """The job's result, or the status of its end when it returned none."""
-        from submitit.core.utils import UncompletedJobError
+        from submitit.core.utils import FailedJobError, UncompletedJobError
 
         job = flight.job
         try:
-            if local and not job.paths.result_pickle.exists():
-                # A local job's files are there when it ends (submitit waits for a shared
-                # file system to show a cluster job's, which needs no wait here).
+            state = str(job.state).split()[0] if job.state else "UNKNOWN"
+            if not job.paths.result_pickle.exists() and (
+                    self.local or state in ENDED_WITHOUT_RESULT):
+                # No result will show: don't wait for a shared file system to show one.
                 raise UncompletedJobError(f"job {job.job_id} left no result")
             return job.result()
+        except FailedJobError as exc:  # the job raised: plugins did not load, ...
+            error = f"job {job.job_id} failed: {_last_line(str(exc))}"
+            return flight.failed("crashed", error, _stderr_tail(job) or str(exc))
         except UncompletedJobError:
-            state = str(job.state).split()[0] if job.state else "UNKNOWN"
-            status = STATE_STATUS.get(state, "crashed")
+            tail = _stderr_tail(job)
+            reason = oom_reason(tail)  # limits.memory.host_gb's watchdog
+            if reason is not None:
+                return flight.failed("oom", reason, tail)
             error = f"job {job.job_id} ended without a result (state {state})"
-            return _failure(flight, status, error, _stderr_tail(job))
-        except Exception as exc:  # the job raised: plugins did not load, ...
-            error = f"job {job.job_id} failed: {type(exc).__name__}: " \
-                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            return _failure(flight, "crashed", error, _stderr_tail(job) or str(exc))
+            return flight.failed(STATE_STATUS.get(state, "crashed"), error, tail)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
 
 
 def _stderr_tail(job: Any) -> str:
     return log_tail(Path(job.paths.stderr)).strip()
-
-
-def _failure(flight: _Flight, status: str, error: str, trace: str | None) -> dict[str, Any]:
-    now = time.time()
-    started_at = flight.started_at or now
-    return {
-        "run_key": flight.spec.run_key, "status": status, "error": error,
-        "traceback": trace or None, "started_at": started_at, "finished_at": now,
-        "wall_s": now - started_at, "metrics": [], "samples": [], "environment": {},
-    }

@@ -36,10 +36,13 @@ from harness.executors import Finished, Started
 from harness.executors.worker import (
     WorkerConfig,
     environment,
+    failure,
     loaded,
     log_tail,
+    oom_reason,
     run_spec,
     set_threads,
+    timeout_error,
 )
 from harness.plugins import PluginSet
 
@@ -242,25 +245,15 @@ class SubprocessExecutor:
 
     @staticmethod
     def _release(worker: Worker, result: dict[str, Any]) -> tuple[RunSpec, dict[str, Any]]:
-        """Free ``worker`` of its run; return the run and its result with the environment."""
+        """Free ``worker`` of its run; return the run and its result."""
         spec, worker.run, worker.deadline = worker.run, None, None
         assert spec is not None
-        return spec, {**result, "environment": worker.environment or {}}
+        return spec, result
 
     def _failure(self, worker: Worker, status: str, error: str, started_at: float) -> dict:
         assert worker.run is not None
-        now = time.time()
-        return {
-            "run_key": worker.run.run_key,
-            "status": status,
-            "error": error,
-            "traceback": worker.log_tail() or None,
-            "started_at": started_at,
-            "finished_at": now,
-            "wall_s": now - started_at,
-            "metrics": [],
-            "samples": [],
-        }
+        return failure(worker.run, status, error, started_at=started_at,
+                       trace=worker.log_tail(), environment=worker.environment)
 
     def _loop(self, queue: deque[RunSpec], started: Started, finished: Finished) -> None:
         started_at: dict[str, float] = {}
@@ -313,8 +306,10 @@ class SubprocessExecutor:
                     continue
                 description = _exit_description(worker.process.exitcode)
                 if worker.busy:
-                    error = f"worker process died ({description}) while running this run"
-                    result = self._failure(worker, "crashed", error, started_at[worker.run.run_key])
+                    reason = oom_reason(worker.log_tail())  # limits.memory.host_gb's watchdog
+                    status, error = ("oom", reason) if reason is not None else (
+                        "crashed", f"worker process died ({description}) while running this run")
+                    result = self._failure(worker, status, error, started_at[worker.run.run_key])
                     self._stop(worker)
                     done.append(self._release(worker, result))
                     continue
@@ -332,7 +327,7 @@ class SubprocessExecutor:
             for worker in self.workers:
                 if worker.busy and worker.deadline is not None and now >= worker.deadline:
                     assert worker.run is not None
-                    error = f"run exceeded limits.timeout={worker.run.timeout_s:g} s; killed"
+                    error = timeout_error(worker.run.timeout_s)
                     _dump_stacks(worker.process.pid)
                     result = self._failure(worker, "timeout", error, started_at[worker.run.run_key])
                     self._stop(worker, kill=True)
@@ -344,9 +339,5 @@ class SubprocessExecutor:
         while queue:
             spec = queue.popleft()
             started(spec)
-            now = time.time()
-            finished(spec, {
-                "run_key": spec.run_key, "status": "crashed", "error": error.splitlines()[0],
-                "traceback": error, "started_at": now, "finished_at": now, "wall_s": 0.0,
-                "metrics": [], "samples": [], "environment": {},
-            })
+            finished(spec, failure(spec, "crashed", error.splitlines()[0], trace=error,
+                                   started_at=time.time()))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +35,16 @@ class WorkerConfig:
     cache_dir: str
     #: torch's intra-op threads in this worker; ``None`` keeps torch's default.
     threads: int | None = None
+
+    @classmethod
+    def on_cluster(cls, plugins: Any, device: str, cache_dir: str, cpus: int,
+                   base_dir: Path | None) -> WorkerConfig:
+        """The config of a cluster's worker: the node pins its GPU by visibility, and the
+        run's CPUs are its threads."""
+        return cls(modules=plugins.modules, blocked=plugins.blocked,
+                   base_dir=str(base_dir) if base_dir else None,
+                   device="cpu" if device == "cpu" else "cuda:0", cache_dir=cache_dir,
+                   threads=cpus)
 
 
 @lru_cache(maxsize=4)
@@ -73,33 +85,108 @@ def hardware_label(config: WorkerConfig) -> str:
                           cpus=config.threads)[1]
 
 
+def probe(device: str, cpus: int) -> tuple[str, str]:
+    """``(device, hardware label)`` as a cluster's node sees them (a probe task's body)."""
+    from harness.environment import resolve_device
+
+    return resolve_device(device, cpus=cpus)
+
+
+def timeout_error(timeout_s: float) -> str:
+    """The error of a run stopped at its time limit, whichever executor stopped it."""
+    return f"run exceeded limits.timeout={timeout_s:g} s; killed"
+
+
+def failure(spec: RunSpec, status: str, error: str, *, started_at: float,
+            trace: str | None = None, environment: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """The result of a run that ended without one of its own (crash, timeout, kill)."""
+    now = time.time()
+    return {
+        "run_key": spec.run_key, "status": status, "error": error, "traceback": trace or None,
+        "started_at": started_at, "finished_at": now, "wall_s": now - started_at,
+        "metrics": [], "samples": [], "environment": environment or {},
+    }
+
+
 def run_spec(config: WorkerConfig, spec: RunSpec) -> dict[str, Any]:
     """Run ``spec`` here; its result with this worker's environment."""
     from harness.context import execute_run
 
     set_threads(config)
     plugins, components = loaded(config)
-    result = execute_run(spec, components, plugins, config.device, config.cache_dir)
+    with host_memory_cap(spec.memory_limit.host_gb):
+        result = execute_run(spec, components, plugins, config.device, config.cache_dir)
     return {**result, "environment": environment(config.device)}
+
+
+#: Starts the line a worker writes to its log before it kills itself over
+#: ``limits.memory.host_gb``; the driver finds it there and stores the run as ``oom``.
+OOM_MARK = "harness: limits.memory exceeded: "
+#: Seconds between two looks at the run's RSS.
+HOST_MEMORY_CHECK_S = 0.1
+
+
+@contextlib.contextmanager
+def host_memory_cap(host_gb: float | None) -> Iterator[None]:
+    """Kill this worker and its children when their RSS passes ``host_gb`` GiB.
+
+    SIGKILL, as the kernel's OOM killer would, but first a line in the log saying what was
+    reached: a run can't be stopped cleanly from a watchdog thread while it allocates.
+    """
+    if host_gb is None:
+        yield
+        return
+    from harness.probes.host_memory import PeriodicSampler, process_tree, tree_rss
+
+    limit = host_gb * 2**30
+
+    def check() -> None:
+        rss = tree_rss()
+        if rss <= limit:
+            return
+        os.write(2, (f"\n{OOM_MARK}the run's processes reached {rss / 2**30:.2f} GiB of "
+                     f"host RSS, over limits.memory.host_gb={host_gb:g}; killed\n").encode())
+        for child in process_tree()[1:]:
+            with contextlib.suppress(Exception):
+                child.kill()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    watchdog = PeriodicSampler(check, HOST_MEMORY_CHECK_S)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.stop()
+
+
+def oom_reason(log: str) -> str | None:
+    """The watchdog's line in a dead worker's log, if it killed the worker."""
+    for line in reversed(log.splitlines()):
+        if line.startswith(OOM_MARK):
+            return line.removeprefix(OOM_MARK).strip()
+    return None
 
 
 def staged_run(
     config: WorkerConfig, spec: RunSpec, log_path: str | None = None
-) -> Iterator[dict[str, Any] | None]:
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Run ``spec`` on a cluster's node (a Ray task, a Slurm job) in two steps: yield
-    ``None`` once the plugins are loaded and the run starts, then yield its result.
+    ``("started", environment)`` once the plugins are loaded and the run starts, then
+    ``("result", result)``.
 
-    The driver starts the clock of ``limits.timeout`` at the first yield, as it does when a
-    subprocess worker is ready, so a node's start-up is not counted against the run.
-    Output goes to ``log_path`` when given (a crash leaves its native stack there), and the
-    stacks are dumped there a little before the deadline, should the run hang.
+    The driver starts the clock of ``limits.timeout`` at the first, as it does when a
+    subprocess worker is ready, so a node's start-up is not counted against the run; and it
+    knows the node should the run then die. Output goes to ``log_path`` when given (a crash
+    leaves its native stack there), and the stacks are dumped there a little before the
+    deadline, should the run hang.
     """
     with output_to(log_path):
         result = hardware_mismatch(config, spec)
         if result is None:
             set_threads(config)
             loaded(config)
-            yield None
+            yield "started", environment(config.device)
             if spec.timeout_s:
                 faulthandler.dump_traceback_later(max(0.5, min(0.9 * spec.timeout_s,
                                                                spec.timeout_s - 1.0)))
@@ -107,7 +194,7 @@ def staged_run(
                 result = run_spec(config, spec)
             finally:
                 faulthandler.cancel_dump_traceback_later()
-    yield result
+    yield "result", result
 
 
 def hardware_mismatch(config: WorkerConfig, spec: RunSpec) -> dict[str, Any] | None:
@@ -117,21 +204,16 @@ def hardware_mismatch(config: WorkerConfig, spec: RunSpec) -> dict[str, Any] | N
     be ranked against figures that are not its peers'.
     """
     import socket
-    import time
 
     here, expected = hardware_label(config), spec.config["hardware"]
     if here == expected:
         return None
-    now = time.time()
-    return {
-        "run_key": spec.run_key, "status": "failed", "traceback": None,
-        "error": (f"this run was placed on {socket.gethostname()} ({here}), but the suite's "
-                  f"runs are keyed to '{expected}': the cluster mixes hardware; pin the "
-                  "suite's runs to one kind (ray: resources.accelerator_type; slurm: "
-                  "slurm.constraint or a partition of one kind)"),
-        "started_at": now, "finished_at": now, "wall_s": 0.0, "metrics": [], "samples": [],
-        "environment": environment(config.device),
-    }
+    error = (f"this run was placed on {socket.gethostname()} ({here}), but the suite's runs "
+             f"are keyed to '{expected}': the cluster mixes hardware; pin the suite's runs "
+             "to one kind (ray: resources.accelerator_type; slurm: slurm.constraint or a "
+             "partition of one kind)")
+    return failure(spec, "failed", error, started_at=time.time(),
+                   environment=environment(config.device))
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from harness.api import RESERVED_MODEL_KEYS, MeasureSettings, RunSpec
+from harness.api import RESERVED_MODEL_KEYS, MeasureSettings, MemoryLimit, RunSpec
 from harness.canonical import canonical_json, describe
 from harness.executors import EXECUTORS, Placement, RaySettings, Resources, SlurmSettings
 from harness.registry import Components, RegistryError, did_you_mean
@@ -49,7 +49,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 TASK_KEYS = ("name", "params")
 METHOD_KEYS = ("name", "params", "grid")
-LIMIT_KEYS = ("timeout",)
+LIMIT_KEYS = ("timeout", "memory")
 MAX_SEED = 2**32 - 1
 
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -122,14 +122,23 @@ def resolve_suite(
             checker.error(("scenario",), str(exc))
 
     placement = _placement(checker)
-    device, hardware = _device(checker, placement, resolve_device)
     measure = _measure(checker)
     timeout_s = _timeout(checker)
+    memory_limit = _settings(checker, ("limits", "memory"), MemoryLimit, "memory limits")
+    if memory_limit.host_gb is not None and placement.executor == "inline":
+        checker.warn(("limits", "memory", "host_gb"), "not enforced by the inline executor "
+                     "(the run shares the driver's process); the others stop a run past it")
     seeds = _seeds(checker)
     models = _models(checker, components, base_dir)
     known_scenario = scenario_name if scenario is not None else None
     tasks = _tasks(checker, components, known_scenario)
     variants = _methods(checker, components, known_scenario, scenario)
+    # Last: for a cluster this asks a node (a probe task or job), worth it only for a suite
+    # that is otherwise sound.
+    if placement.remote and checker.issues:
+        device, hardware = "cpu", "unknown"
+    else:
+        device, hardware = _device(checker, placement, resolve_device)
     matrix_complete = not checker.issues
     excludes = read_excludes(checker)
 
@@ -178,6 +187,7 @@ def resolve_suite(
             measure=measure,
             timeout_s=timeout_s,
             config=config,
+            memory_limit=memory_limit,
         ))
 
     kept = runs
@@ -259,9 +269,9 @@ def _placement(checker: SuiteChecker) -> Placement:
         executor=executor,
         isolation=_choice(checker, "isolation", ISOLATIONS),
         workers=_workers(checker),
-        resources=_settings(checker, "resources", Resources, "resources per run"),
-        ray=_settings(checker, "ray", RaySettings, "ray settings"),
-        slurm=_settings(checker, "slurm", SlurmSettings, "slurm settings"),
+        resources=_settings(checker, ("resources",), Resources, "resources per run"),
+        ray=_settings(checker, ("ray",), RaySettings, "ray settings"),
+        slurm=_settings(checker, ("slurm",), SlurmSettings, "slurm settings"),
     )
     for key, readers in (("resources", ("ray", "slurm")), ("ray", ("ray",)),
                          ("slurm", ("slurm",))):
@@ -272,16 +282,19 @@ def _placement(checker: SuiteChecker) -> Placement:
     return placement
 
 
-def _settings(checker: SuiteChecker, key: str, schema: type[BaseModel], owner: str) -> Any:
-    raw = checker.data.get(key)
+def _settings(checker: SuiteChecker, loc: Loc, schema: type[BaseModel], owner: str) -> Any:
+    """The mapping at ``loc`` validated by ``schema`` (its defaults when absent or wrong)."""
+    raw: Any = checker.data
+    for key in loc:
+        raw = raw.get(key) if isinstance(raw, dict) else None
     if raw is None:
         return schema()
     fields = ", ".join(schema.model_fields)
     if not isinstance(raw, dict):
-        checker.error((key,), f"expected a mapping of {owner} ({fields}), got {describe(raw)}")
+        checker.error(loc, f"expected a mapping of {owner} ({fields}), got {describe(raw)}")
         return schema()
-    key_locs = {k: (key, k) for k in raw}
-    settings = validate(checker, schema, plain(raw), key_locs, key_locs, (key,), owner)
+    key_locs = {k: (*loc, k) for k in raw}
+    settings = validate(checker, schema, plain(raw), key_locs, key_locs, loc, owner)
     return settings if settings is not None else schema()
 
 
@@ -356,7 +369,8 @@ def _timeout(checker: SuiteChecker) -> float | None:
     if raw is None:
         return DEFAULT_TIMEOUT_S
     if not isinstance(raw, dict):
-        checker.error(("limits",), f"expected a mapping like {{timeout: 600}}, got {describe(raw)}")
+        checker.error(("limits",), "expected a mapping like {timeout: 600, memory: {host_gb: 8}}, "
+                      f"got {describe(raw)}")
         return DEFAULT_TIMEOUT_S
     checker.check_keys(("limits",), raw, LIMIT_KEYS, "limits key")
     if "timeout" not in raw:

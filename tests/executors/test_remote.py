@@ -8,6 +8,7 @@ resumes only what is left.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,9 @@ from types import SimpleNamespace
 import pytest
 
 from harness.executors import Placement, Resources
+from harness.executors.ray import task_error
+from harness.executors.slurm import SlurmExecutor
+from harness.executors.slurm import _Flight as _SlurmFlight
 from harness.executors.worker import WorkerConfig, hardware_label, hardware_mismatch
 from harness.store import query
 from tests.test_runner import harness_cli, statuses, write_suite
@@ -34,10 +38,11 @@ FAULTS = """
     - raise
     - hang
     - needs-gpu
+    - hog
     - {name: steady, params: {size: 32}}
     """
 EXPECTED = {"steady": "ok", "crash": "crashed", "exit": "crashed", "oom": "oom",
-            "raise": "failed", "hang": "timeout", "needs-gpu": "unsupported"}
+            "raise": "failed", "hang": "timeout", "needs-gpu": "unsupported", "hog": "oom"}
 
 
 def _free_port() -> int:
@@ -67,7 +72,7 @@ def ray_cluster() -> Iterator[str]:
 
 
 def _stored(db: Path) -> dict[str, tuple[str, str | None, frozenset]]:
-    """Per method+params: status, error's first words, and the (phase, metric, stat)
+    """Per method+params: status, error's words, and the (phase, metric, stat)
     measured; with ``eval/score``'s value, the only metric whose value is not a timing."""
     _, runs = query(db, "SELECT run_key, method, params, status, error FROM runs")
     _, metrics = query(db, "SELECT run_key, phase, metric, stat, "
@@ -76,13 +81,19 @@ def _stored(db: Path) -> dict[str, tuple[str, str | None, frozenset]]:
     measured: dict[str, set] = {}
     for key, *row in metrics:
         measured.setdefault(key, set()).add(tuple(row))
-    return {f"{method} {params}": (status, (error or "").split(" [in ")[0][:30] or None,
-                                   frozenset(measured.get(key, ())))
+    return {f"{method} {params}": (status, _figures_out(error), frozenset(measured.get(key, ())))
             for key, method, params, status, error in runs}
 
 
+def _figures_out(error: str | None) -> str | None:
+    """What an error says, without the figures (the RSS a run reached varies) and the
+    executor's words on what it did ("killed", "its task was cancelled")."""
+    return re.sub(r"\d+(\.\d+)?", "N", error.split(" [in ")[0].split(";")[0]) if error else None
+
+
 def test_ray_and_slurm_match_the_subprocess_executor(tmp_path, ray_cluster):
-    suite = write_suite(tmp_path, FAULTS, extra="slurm: {cluster: local, max_jobs: 2}")
+    suite = write_suite(tmp_path, FAULTS, extra="slurm: {cluster: local, max_jobs: 2}",
+                        limits="{timeout: 4, memory: {host_gb: 1.0}}")
     stored = {}
     for executor, extra in (("subprocess", ()), ("ray", ("--address", ray_cluster)),
                             ("slurm", ())):
@@ -116,8 +127,8 @@ def test_ray_and_slurm_match_the_subprocess_executor(tmp_path, ray_cluster):
 
 
 @pytest.mark.parametrize("executor", ["ray", "slurm"])
-def test_a_killed_driver_loses_nothing_finished_and_the_rerun_resumes(tmp_path, executor,
-                                                                      ray_cluster):
+def test_a_killed_driver_loses_nothing_finished_and_the_rerun_resumes(tmp_path, executor):
+    """With Ray, each driver starts a cluster of its own (``--address local``)."""
     marker = tmp_path / "killed-once"
     suite = write_suite(tmp_path, f"""
         - steady
@@ -126,12 +137,13 @@ def test_a_killed_driver_loses_nothing_finished_and_the_rerun_resumes(tmp_path, 
         """, seeds="[0, 1]", extra=f"executor: {executor}\n"
                                   "resources: {cpus: 2}\nslurm: {cluster: local, max_jobs: 1}")
     db = tmp_path / "h.duckdb"
-    first = harness_cli("run", str(suite), "--db", str(db))
+    own = ("--address", "local") if executor == "ray" else ()
+    first = harness_cli("run", str(suite), "--db", str(db), *own)
     assert first.returncode == -9  # SIGKILL from the kill-driver method
     assert marker.exists()
     assert statuses(db) == {("steady", 0): "ok", ("steady", 1): "ok"}  # finished runs kept
 
-    second = harness_cli("run", str(suite), "--db", str(db))
+    second = harness_cli("run", str(suite), "--db", str(db), *own)
     assert second.returncode == 0, second.stderr
     assert "2 run(s) already in the store are skipped" in second.stderr
     _, rows = query(db, "SELECT count(*), count(DISTINCT run_key) FROM runs WHERE status = 'ok'")
@@ -196,3 +208,55 @@ def _loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in LOOPBACK.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+def test_a_ray_task_that_raised_is_stored_with_its_own_exception():
+    import ray
+
+    error, trace = task_error(ray.exceptions.RayTaskError(
+        "_run_task", "Traceback (most recent call last):\n  ...\nImportError: no plugin",
+        ImportError("no module named 'my_plugin'")))
+    assert error == "the Ray task failed: ImportError: no module named 'my_plugin'"
+    assert "Traceback" in trace and "\x1b" not in error
+
+
+class FakeJob:
+    """A submitit job that ended: its state, and what ``result()`` raises."""
+
+    def __init__(self, tmp_path: Path, state: str, raises: BaseException) -> None:
+        self.job_id, self.state, self.raises = "42", state, raises
+        self.paths = SimpleNamespace(folder=tmp_path, result_pickle=tmp_path / "none.pkl",
+                                     stderr=tmp_path / "42.err")
+        self.paths.stderr.write_text("slurmstepd: error: Detected 1 oom_kill event\n")
+
+    def result(self):
+        raise self.raises
+
+
+@pytest.mark.parametrize(("state", "status"), [
+    ("OUT_OF_MEMORY", "oom"), ("TIMEOUT", "timeout"), ("NODE_FAIL", "crashed"),
+    ("CANCELLED by 1234", "crashed"),
+])
+def test_slurm_job_states_become_statuses_at_once(tmp_path, state, status):
+    from submitit.core.utils import UncompletedJobError
+
+    spec = SimpleNamespace(run_key="k")
+    flight = _SlurmFlight(spec, FakeJob(tmp_path, state, UncompletedJobError("x")), 0.0)
+    executor = SimpleNamespace(local=False)
+    result = SlurmExecutor._outcome(executor, flight)  # no wait for a result file
+    assert result["status"] == status
+    assert result["error"] == f"job 42 ended without a result (state {state.split()[0]})"
+    assert "oom_kill" in result["traceback"]  # the job's stderr
+
+
+def test_a_slurm_job_that_raised_is_crashed_with_its_exception(tmp_path):
+    from submitit.core.utils import FailedJobError
+
+    (tmp_path / "none.pkl").write_text("")  # it left a result: the pickled exception
+    spec = SimpleNamespace(run_key="k")
+    raised = FailedJobError("Job (task=0) failed during processing with trace:\n"
+                            "Traceback ...\nModuleNotFoundError: No module named 'my_plugin'")
+    flight = _SlurmFlight(spec, FakeJob(tmp_path, "COMPLETED", raised), 0.0)
+    result = SlurmExecutor._outcome(SimpleNamespace(local=False), flight)
+    assert result["status"] == "crashed"
+    assert result["error"] == "job 42 failed: ModuleNotFoundError: No module named 'my_plugin'"
