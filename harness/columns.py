@@ -142,6 +142,12 @@ CORE_COSTS: tuple[CostColumn, ...] = (
     _core("host_ram", "peak host RAM", "host_rss_peak", "bytes", "max", False),
     _core("energy", "energy per item", "energy_per_item", "J/item", "value", True),
     _core("trainable", "trainable params", "params_trainable", "count", "value", False),
+    # Achieved bandwidth as a share of the worker's measured peak (harness.probes.bandwidth),
+    # where a method reports the bytes a step moves.
+    _core("memory_roofline", "memory bandwidth, % of peak", "bandwidth_share", "%", "memory",
+          True, True),
+    _core("h2d_roofline", "host→device bandwidth, % of peak", "bandwidth_share", "%", "h2d",
+          True, True),
 )
 
 def merged(declarations: Sequence[ResultColumns]) -> ResultColumns:

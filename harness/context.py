@@ -27,6 +27,7 @@ from harness.api import (
     Unsupported,
 )
 from harness.plugins import PluginSet, probes_for
+from harness.probes.bandwidth import record_bandwidth
 from harness.probes.counters import count_parameters
 from harness.probes.host_load import busy_host_reason
 from harness.probes.timing import TimingResult, record_latency, time_callable
@@ -258,6 +259,11 @@ def execute_run(
             recorder = ctx.recorder
             record_baseline(device, recorder)
             ctx.scenario.run(ctx)
+            try:
+                record_bandwidth(recorder, device)
+            except Exception as exc:  # a probe never takes the run down
+                recorder.unavailable("baseline", "peak_bandwidth", "B/s",
+                                     f"{type(exc).__name__}: {exc}")
     except Unsupported as exc:
         status, error = "unsupported", str(exc)
     except RunTimeout as exc:

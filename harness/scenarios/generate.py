@@ -45,6 +45,7 @@ from harness.api import (
     RunContext,
     Unsupported,
 )
+from harness.probes.bandwidth import weight_bytes_per_token
 from harness.probes.timing import TimingResult, record_latency
 from harness.scenarios.kv_protocol import (
     Decoder,
@@ -386,6 +387,13 @@ class GenerateScenario:
         for name, (value, unit) in totals.items():
             recorder.record("decode", name, value, unit)
             recorder.record("decode", f"{name}_per_token", value / generated, f"{unit}/token")
+        # What one decode step reads, per timed token: the weights and the resident cache
+        # (the core reads it against the memory's peak), and what it copies in from the host.
+        recorder.record("decode", "bytes_moved", weight_bytes_per_token(model) + resident,
+                        "bytes", stat="memory")
+        if "h2d_bytes" in totals:
+            recorder.record("decode", "bytes_moved", totals["h2d_bytes"][0] / generated, "bytes",
+                            stat="h2d")
         if totals and hasattr(ctx.method, "derived_metrics"):
             derived = ctx.method.derived_metrics({k: v for k, (v, _) in totals.items()})
             for name, (value, unit) in derived.items():

@@ -483,6 +483,8 @@ class LMTrainScenario:
             record(phase, name, value, unit)
         if "h2d_bytes" in counters:
             record(phase, "h2d_bytes_per_token", counters["h2d_bytes"][0] / tokens, "bytes")
+            # per timed call: the core reads it against the host-to-device peak
+            record(phase, "bytes_moved", counters["h2d_bytes"][0], "bytes", stat="h2d")
         else:
             ctx.recorder.unavailable(phase, "h2d_bytes_per_token", "bytes",
                                      "the method's counters have no h2d_bytes")  # fmt: skip
