@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -231,6 +232,40 @@ def natural_width(renderable: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``harness run``: one driver per store (its lock), then the suite."""
+    if args.dry_run:
+        return _run_suite(args)  # writes nothing
+    from harness.store import DriverLock, StoreInUse
+
+    db = Path(args.db)
+    lock = DriverLock(db)
+    command = f"harness run {args.suite}"
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            notice = lock.acquire(command)
+        except StoreInUse as exc:
+            if not args.wait:
+                raise
+            with console.status(f"{escape(str(exc).split(';')[0])}; waiting…"):
+                notice = lock.acquire(command, wait=True)
+    except StoreInUse as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        return 2
+    except OSError as exc:
+        console.print(f"[red]cannot write the store {escape(str(db))}: "
+                      f"{escape(exc.strerror or str(exc))}; pass --db in a folder you can "
+                      "write[/]")
+        return 2
+    if notice:
+        console.print(f"[yellow]{escape(notice)}[/]")
+    try:
+        return _run_suite(args)
+    finally:
+        lock.release()
+
+
+def _run_suite(args: argparse.Namespace) -> int:
     from harness.suite import SuiteError, read_suite, resolve_suite
 
     try:
@@ -249,6 +284,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 2
+    except IsADirectoryError:
+        console.print(f"[red]{escape(str(args.suite))} is a directory: pass a suite's YAML "
+                      f"file (e.g. {escape(str(args.suite / 'smoke.yaml'))})[/]")
+        return 2
+    except OSError as exc:
+        console.print(f"[red]cannot read suite {escape(str(args.suite))}: "
+                      f"{escape(exc.strerror or str(exc))}[/]")
+        return 2
     for warning in suite.warnings:
         console.print(f"[yellow]warning:[/] {escape(str(warning))}")
     placement = _placed(suite.placement, args)
@@ -258,7 +301,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness.models import cache_dir as default_cache_dir
     from harness.runner import Driver
-    from harness.store import Store
+    from harness.store import Store, StoreError
+
+    try:
+        store = Store(args.db)
+    except StoreError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        return 2
+    except OSError as exc:
+        console.print(f"[red]cannot write the store {escape(args.db)}: "
+                      f"{escape(exc.strerror or str(exc))}; pass --db in a folder you can "
+                      "write[/]")
+        return 2
 
     cache_dir = args.cache_dir or default_cache_dir()
     executor = _executor(placement, suite, plugins, components, cache_dir, Path(args.db))
@@ -269,7 +323,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]warning:[/] {escape(busy)} before the first run: timings will "
                       "be noisier, and runs that can't reach measure.rel_precision are stored "
                       "as invalid")
-    store = Store(args.db)
     scenario = components.scenarios.get(suite.scenario)
     driver = Driver(suite, store, plugins, executor, RichReporter(),
                     columns=getattr(scenario, "columns", None))
@@ -278,6 +331,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: finished runs are stored; run again to resume[/]")
         return 130
+    except StoreError as exc:  # the spool of an earlier run could not be stored either
+        console.print(f"[red]{escape(str(exc))}[/]")
+        return 1
     specs = {spec.run_key: spec for spec in suite.runs}
     if outcome.results:
         # On a terminal, what fits in it; in a log, which has no edge, the table's own width.
@@ -298,8 +354,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.skipped:
         parts.append(f"{outcome.skipped} resumed from the store")
     console.print(f"{suite.name}: {', '.join(parts) or 'nothing to do'} -> {args.db}")
-    if outcome.unsaved:
-        console.print(f"[red]{len(outcome.unsaved)} result(s) could not be stored; see above[/]")
+    if outcome.stopped:
+        full = "No space left" in outcome.stopped or "ENOSPC" in outcome.stopped
+        console.print(f"[red]{'disk full' if full else 'store fault'}: {outcome.stored} run(s) "
+                      f"stored, {len(outcome.unsaved)} spooled to {escape(str(driver.spool_dir))}"
+                      f", {outcome.not_run} not run; {'free space' if full else 'mend it'} and "
+                      "rerun (spooled results are stored first)[/]")
+        console.print(f"  {escape(outcome.stopped)}")
+        if outcome.lost:
+            console.print(f"[red]  {len(outcome.lost)} result(s) could not be spooled either "
+                          "and will run again[/]")
         return 1
     if outcome.failures and not args.keep_going_exit_0:
         return 1
@@ -542,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark efficient deep-learning methods: quality and cost in one run.",
     )
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also HARNESS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     plugin_help = "load a plugin module or .py file (repeatable); -p no:NAME blocks one"
@@ -560,6 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "else Ray's default)")
     run.add_argument("--device", help="override the suite's device (auto, cpu, cuda, cuda:N)")
     run.add_argument("--cache-dir", help="built-in models and data (default: user cache dir)")
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                     help="show the full traceback of an error (also HARNESS_DEBUG=1)")
+    run.add_argument("--wait", action="store_true",
+                     help="when another harness run holds the store, wait for it to finish")
     run.add_argument("--keep-going-exit-0", action="store_true",
                      help="exit 0 even when runs failed")
     run.set_defaults(func=cmd_run)
@@ -604,7 +674,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    if args.debug or os.environ.get("HARNESS_DEBUG") == "1":
+        return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:  # a fault is a sentence; --debug shows its traceback
+        console.print(f"[red]error: {escape(type(exc).__name__)}: {escape(str(exc))}[/]\n"
+                      "(run again with --debug, or HARNESS_DEBUG=1, for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,9 +29,11 @@ from harness.canonical import canonical_json, config_key
 
 __all__ = [
     "MIGRATIONS",
+    "DriverLock",
     "ReadOnlyError",
     "Store",
     "StoreError",
+    "StoreInUse",
     "connect_readonly",
     "export_parquet",
     "query",
@@ -45,6 +47,81 @@ class StoreError(Exception):
 
 class ReadOnlyError(StoreError):
     """A statement tried to write through a read-only connection (``harness query``)."""
+
+
+class StoreInUse(StoreError):
+    """Another ``harness run`` holds the store (:class:`DriverLock`)."""
+
+
+class DriverLock:
+    """One ``harness run`` per store: an exclusive ``flock`` on ``<store>.lock``, whose
+    content names the holder (pid, host, command, start time).
+
+    Two drivers on one store would run every configuration twice and overwrite each other's
+    rows. The kernel drops the lock when its holder dies, however it dies, so a killed
+    driver never blocks the next one; its leftover content is how the next one notices.
+    Readers (query, report, export) never take it.
+    """
+
+    def __init__(self, store: str | Path) -> None:
+        store = Path(store)
+        self.store = store
+        self.path = store.parent / f"{store.name}.lock"
+        self._fd: int | None = None
+
+    def acquire(self, command: str, *, wait: bool = False) -> str | None:
+        """Take the lock (waiting for it if ``wait``); return a notice when it was left
+        behind by a driver that died, else None. Raises :class:`StoreInUse` when held."""
+        import fcntl
+        import os
+        import socket
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise StoreInUse(f"store {self.store} is in use by {_describe_holder(holder)}; "
+                             "wait for it, pass --wait, or use another --db") from None
+        left = _holder(fd)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+        if left:
+            return (f"took over the lock of store {self.store}: its holder, "
+                    f"{_describe_holder(left)}, ended without releasing it")
+        return None
+
+    def release(self) -> None:
+        import fcntl
+        import os
+
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)  # no holder named: the next driver owes no notice
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    import os
+
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe_holder(holder: Mapping[str, Any]) -> str:
+    if not holder:
+        return "another harness run (it has not said which yet)"
+    since = datetime.fromtimestamp(holder.get("since", 0)).strftime("%Y-%m-%d %H:%M")
+    return (f"`{holder.get('command', 'harness run')}` (pid {holder.get('pid')} on host "
+            f"{holder.get('host')}, since {since})")
 
 
 #: A migration is SQL (may hold several statements) or a function given the connection,
@@ -478,7 +555,17 @@ def connect_readonly(path: str | Path) -> duckdb.DuckDBPyConnection:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no results store at {path} (run a suite first, or pass --db)")
-    return _open(path, read_only=True)
+    con = _open(path, read_only=True)
+    try:
+        (version,) = con.execute("SELECT coalesce(max(version), 0) FROM schema_version"
+                                 ).fetchone()
+    except duckdb.Error:
+        version = 0  # no schema table yet: an empty or foreign database, read as it is
+    if version > len(MIGRATIONS):
+        con.close()
+        raise StoreError(f"store {path} has schema version {version}, but this harness only "
+                         f"knows up to version {len(MIGRATIONS)}; upgrade harness to read it")
+    return con
 
 
 def query(path: str | Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
