@@ -253,16 +253,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 2
     except OSError as exc:
-        console.print(f"[red]cannot write the store {escape(str(db))}: "
-                      f"{escape(exc.strerror or str(exc))}; pass --db in a folder you can "
-                      "write[/]")
-        return 2
+        return _unwritable(db, exc)
     if notice:
         console.print(f"[yellow]{escape(notice)}[/]")
     try:
         return _run_suite(args)
     finally:
         lock.release()
+
+
+def _unwritable(db: Path, exc: OSError) -> int:
+    console.print(f"[red]cannot write the store {escape(str(db))}: "
+                  f"{escape(exc.strerror or str(exc))}; pass --db in a folder you can write[/]")
+    return 2
 
 
 def _run_suite(args: argparse.Namespace) -> int:
@@ -309,10 +312,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 2
     except OSError as exc:
-        console.print(f"[red]cannot write the store {escape(args.db)}: "
-                      f"{escape(exc.strerror or str(exc))}; pass --db in a folder you can "
-                      "write[/]")
-        return 2
+        return _unwritable(Path(args.db), exc)
 
     cache_dir = args.cache_dir or default_cache_dir()
     executor = _executor(placement, suite, plugins, components, cache_dir, Path(args.db))
