@@ -77,19 +77,16 @@ def environment(device: str) -> dict[str, Any]:
     return _environment(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
-def hardware_label(config: WorkerConfig) -> str:
-    """The hardware group of this worker, as the driver's device resolution would name it."""
-    from harness.environment import resolve_device
-
-    return resolve_device("cuda" if config.device.startswith("cuda") else "cpu",
-                          cpus=config.threads)[1]
-
-
-def probe(device: str, cpus: int) -> tuple[str, str]:
+def probe(device: str, cpus: int | None) -> tuple[str, str]:
     """``(device, hardware label)`` as a cluster's node sees them (a probe task's body)."""
     from harness.environment import resolve_device
 
     return resolve_device(device, cpus=cpus)
+
+
+def hardware_label(config: WorkerConfig) -> str:
+    """The hardware group of this worker, as the driver's device resolution would name it."""
+    return probe("cuda" if config.device.startswith("cuda") else "cpu", config.threads)[1]
 
 
 def timeout_error(timeout_s: float) -> str:
