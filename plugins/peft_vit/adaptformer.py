@@ -19,7 +19,7 @@ __all__ = ["AdaptFormer", "AdaptFormerParams"]
 
 
 class AdaptFormerParams(AdaptParams):
-    lr: float = Field(1e-2, gt=0)
+    lr: float = Field(3e-2, gt=0)
     dim: int = Field(8, gt=0)
     scale: float = 0.1
     dropout: float = Field(0.1, ge=0, lt=1)

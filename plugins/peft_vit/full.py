@@ -19,7 +19,7 @@ __all__ = ["Full", "FullParams"]
 
 
 class FullParams(AdaptParams):
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
 
 
 class Full(TrainedWeights):
