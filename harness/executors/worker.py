@@ -184,14 +184,43 @@ def staged_run(
             set_threads(config)
             loaded(config)
             yield "started", environment(config.device)
-            if spec.timeout_s:
-                faulthandler.dump_traceback_later(max(0.5, min(0.9 * spec.timeout_s,
-                                                               spec.timeout_s - 1.0)))
-            try:
+            with _stacks_before(spec.timeout_s):
                 result = run_spec(config, spec)
-            finally:
-                faulthandler.cancel_dump_traceback_later()
     yield "result", result
+
+
+@contextlib.contextmanager
+def _stacks_before(timeout_s: float | None) -> Iterator[None]:
+    """Write every thread's Python stack to stderr a little before ``timeout_s``, should
+    the run still be going: the driver kills a hung run without asking it first.
+
+    A Python thread, not faulthandler's watchdog: that one reads the other threads' frames
+    without the GIL while they run (the host-memory watchdog, a probe's sampler) and can
+    crash the very process it describes.
+    """
+    if not timeout_s:
+        yield
+        return
+    import threading
+    import traceback
+
+    def dump() -> None:
+        names = {t.ident: t.name for t in threading.enumerate()}
+        lines = [f"harness: the run is still going after {delay:g} s; its threads:\n"]
+        for ident, frame in sys._current_frames().items():
+            if ident != threading.get_ident():
+                lines.append(f"\nThread {names.get(ident, ident)} (most recent call last):\n")
+                lines.extend(traceback.format_stack(frame))
+        os.write(2, "".join(lines).encode())
+
+    delay = max(0.5, min(0.9 * timeout_s, timeout_s - 1.0))
+    timer = threading.Timer(delay, dump)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def hardware_mismatch(config: WorkerConfig, spec: RunSpec) -> dict[str, Any] | None:
@@ -239,7 +268,7 @@ def output_to(log_path: str | None) -> Iterator[None]:
             os.close(fd)
 
 
-def log_tail(path: Path, offset: int = 0, size: int = 4000) -> str:
+def log_tail(path: Path, offset: int = 0, size: int = 12000) -> str:
     """The last ``size`` bytes of a worker log written after ``offset``."""
     try:
         with open(path, "rb") as fh:
