@@ -278,6 +278,7 @@ def _run_suite(args: argparse.Namespace) -> int:
             suite_file, components,
             lambda spec, placement: _resolve_device(args, args.device or spec,
                                                     _placed(placement, args)),
+            executor=args.executor,
         )
     except SuiteError as exc:
         console.print(f"[red]invalid suite {escape(str(args.suite))}:[/]")
@@ -298,6 +299,9 @@ def _run_suite(args: argparse.Namespace) -> int:
     for warning in suite.warnings:
         console.print(f"[yellow]warning:[/] {escape(str(warning))}")
     placement = _placed(suite.placement, args)
+    if args.address and placement.executor != "ray":
+        console.print(f"[yellow]warning:[/] --address is read by the ray executor only; this "
+                      f"run's executor is {placement.executor}")
 
     if args.dry_run:
         return _dry_run(suite, placement, args.db)
@@ -371,9 +375,7 @@ def _run_suite(args: argparse.Namespace) -> int:
 
 
 def _placed(placement: Placement, args: argparse.Namespace) -> Placement:
-    """The suite's placement with the command line's ``--executor`` and ``--address``."""
-    if args.executor:
-        placement = replace(placement, executor=args.executor)
+    """The suite's placement with the command line's ``--address``."""
     if args.address:
         placement = replace(placement, ray=placement.ray.model_copy(
             update={"address": args.address}))

@@ -95,12 +95,15 @@ def resolve_suite(
     suite_file: SuiteFile,
     components: Components,
     resolve_device: Callable[[str, Placement], tuple[str, str]],
+    *,
+    executor: str | None = None,
 ) -> Suite:
     """Validate a parsed suite against the loaded components and expand its runs.
 
     ``resolve_device`` maps the suite's ``device`` to ``(device, hardware label)`` where its
     runs will execute (a cluster's node for a remote executor, hence the placement) and may
-    raise :class:`ValueError`. Raises :class:`SuiteError` with every issue found.
+    raise :class:`ValueError`. ``executor`` (the command line's ``--executor``) replaces the
+    suite's. Raises :class:`SuiteError` with every issue found.
     """
     checker = SuiteChecker(str(suite_file.path), suite_file.data)
     data = checker.data
@@ -121,7 +124,7 @@ def resolve_suite(
         except RegistryError as exc:
             checker.error(("scenario",), str(exc))
 
-    placement = _placement(checker)
+    placement = _placement(checker, executor)
     measure = _measure(checker)
     timeout_s = _timeout(checker)
     memory_limit = _settings(checker, ("limits", "memory"), MemoryLimit, "memory limits")
@@ -263,8 +266,8 @@ def _workers(checker: SuiteChecker) -> int:
     return value
 
 
-def _placement(checker: SuiteChecker) -> Placement:
-    executor = _choice(checker, "executor", EXECUTORS)
+def _placement(checker: SuiteChecker, override: str | None) -> Placement:
+    executor = override or _choice(checker, "executor", EXECUTORS)
     placement = Placement(
         executor=executor,
         isolation=_choice(checker, "isolation", ISOLATIONS),

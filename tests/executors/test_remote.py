@@ -170,6 +170,7 @@ def test_dry_run_names_what_each_run_asks_of_the_cluster(tmp_path, ray_cluster):
     dry = harness_cli("run", str(suite), "--dry-run", "--executor", "ray",
                       "--address", ray_cluster)
     assert dry.returncode == 0, dry.stderr
+    assert "ignored" not in dry.stderr  # --executor ray reads resources: no warning
     assert "executor ray, 2 CPU(s) and 0 GPU(s) per run" in dry.stdout
     assert "x2)" in dry.stdout  # the hardware group as a node with 2 CPUs sees it
 
@@ -201,6 +202,8 @@ def test_settings_another_executor_ignores_are_flagged(tmp_path):
     assert ("resources: ignored: only the ray and slurm executors read it, and this suite's "
             "executor is subprocess") in text
     assert "ray: ignored: only the ray executor reads it" in text
+    proc = harness_cli("run", str(suite), "--dry-run", "--address", "auto")
+    assert "--address is read by the ray executor only" in " ".join(proc.stderr.split())
 
 
 @pytest.fixture(autouse=True)
