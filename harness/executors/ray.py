@@ -35,9 +35,9 @@ from harness.api import RunSpec
 from harness.executors import Finished, Placement, RaySettings, Started
 from harness.executors.worker import (
     WorkerConfig,
+    death,
     failure,
     log_tail,
-    oom_reason,
     probe,
     staged_run,
     timeout_error,
@@ -241,11 +241,8 @@ class RayExecutor:
             return flight.failed("oom", _first_line(exc))
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                 ray.exceptions.LocalRayletDiedError) as exc:
-            reason = oom_reason(log_tail(flight.log))
-            if reason is not None:  # the worker's watchdog: limits.memory.host_gb
-                return flight.failed("oom", reason)
-            return flight.failed("crashed", "worker process died while running this run "
-                                 f"({_first_line(exc)})")
+            return flight.failed(*death(log_tail(flight.log), "crashed", "worker process died "
+                                        f"while running this run ({_first_line(exc)})"))
         except ray.exceptions.RayTaskError as exc:  # the task raised: plugins did not load
             error, trace = task_error(exc)
             return flight.failed("crashed", error, trace)

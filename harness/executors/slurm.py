@@ -32,9 +32,9 @@ from harness.executors import Finished, Placement, Started
 from harness.executors.subprocess import kill_tree
 from harness.executors.worker import (
     WorkerConfig,
+    death,
     failure,
     log_tail,
-    oom_reason,
     probe,
     staged_run,
     timeout_error,
@@ -266,11 +266,9 @@ class SlurmExecutor:
             return flight.failed("crashed", error, _stderr_tail(job) or str(exc))
         except UncompletedJobError:
             tail = _stderr_tail(job)
-            reason = oom_reason(tail)  # limits.memory.host_gb's watchdog
-            if reason is not None:
-                return flight.failed("oom", reason, tail)
-            error = f"job {job.job_id} ended without a result (state {state})"
-            return flight.failed(STATE_STATUS.get(state, "crashed"), error, tail)
+            status, error = death(tail, STATE_STATUS.get(state, "crashed"),
+                                  f"job {job.job_id} ended without a result (state {state})")
+            return flight.failed(status, error, tail)
 
 
 def _last_line(text: str) -> str:

@@ -35,11 +35,11 @@ from harness.api import RunSpec
 from harness.executors import Finished, Started
 from harness.executors.worker import (
     WorkerConfig,
+    death,
     environment,
     failure,
     loaded,
     log_tail,
-    oom_reason,
     run_spec,
     set_threads,
     timeout_error,
@@ -306,9 +306,8 @@ class SubprocessExecutor:
                     continue
                 description = _exit_description(worker.process.exitcode)
                 if worker.busy:
-                    reason = oom_reason(worker.log_tail())  # limits.memory.host_gb's watchdog
-                    status, error = ("oom", reason) if reason is not None else (
-                        "crashed", f"worker process died ({description}) while running this run")
+                    status, error = death(worker.log_tail(), "crashed", "worker process died "
+                                          f"({description}) while running this run")
                     result = self._failure(worker, status, error, started_at[worker.run.run_key])
                     self._stop(worker)
                     done.append(self._release(worker, result))

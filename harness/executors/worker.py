@@ -157,12 +157,14 @@ def host_memory_cap(host_gb: float | None) -> Iterator[None]:
         watchdog.stop()
 
 
-def oom_reason(log: str) -> str | None:
-    """The watchdog's line in a dead worker's log, if it killed the worker."""
+def death(log: str, status: str, error: str) -> tuple[str, str]:
+    """``(status, error)`` of a worker that died without a result: ``oom`` with the
+    watchdog's words when ``limits.memory.host_gb`` killed it (its line in ``log``), else
+    what the executor saw."""
     for line in reversed(log.splitlines()):
         if line.startswith(OOM_MARK):
-            return line.removeprefix(OOM_MARK).strip()
-    return None
+            return "oom", line.removeprefix(OOM_MARK).strip()
+    return status, error
 
 
 def staged_run(
