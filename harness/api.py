@@ -26,6 +26,7 @@ from harness.columns import CORE_COSTS, CostColumn, CostPlot, QualityColumn, Res
 __all__ = [
     "CORE_COSTS",
     "RESERVED_MODEL_KEYS",
+    "ROLES",
     "STATUSES",
     "CostColumn",
     "CostPlot",
@@ -57,16 +58,24 @@ __all__ = [
 #: not a failure, and not retried there.
 STATUSES = ("ok", "invalid", "oom", "failed", "timeout", "crashed", "unsupported")
 
+#: What a method may be on a leaderboard instead of a contender (its ``role``, which a
+#: suite entry may override): the ``reference`` that other rows are compared with (the
+#: uncompressed model, the full cache), or the ``upper-bound`` and ``lower-bound`` that a
+#: paper prints apart (joint training, plain fine-tuning). Such rows are pinned above the
+#: ranked ones and never starred, led or put on a Pareto front.
+ROLES = ("reference", "upper-bound", "lower-bound")
+
 
 class Params(BaseModel):
     """Base class of every params schema (method, task or model params).
 
     Unknown keys are errors, so a misspelt parameter in a suite fails validation with the
     field's file:line instead of silently running with a default. Subclass it and declare
-    fields with defaults; ``harness list`` shows them.
+    fields with defaults, each with a one-line doc: a docstring under the field (or
+    ``Field(description=...)``), which ``harness show`` and the README's tables print.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class NoParams(Params):
@@ -402,6 +411,18 @@ class Scenario(Protocol):
     An optional ``columns`` (:class:`ResultColumns`) declares its quality metrics, its own
     cost columns and the quality-versus-cost plots it wants on the leaderboard; without one
     it gets the core's cost columns and plots, and every quality metric it records.
+
+    An optional ``contract`` (``str``) is the method contract, written once and printed by
+    ``harness show scenario NAME``: what each ``method_protocol`` attribute (and each
+    optional one the scenario looks for) receives, returns and when it is called; what
+    ``params`` holds (the run's method params as validated by the method's ``params``
+    schema, defaults filled in — as a plain dict or as that schema's object: say which);
+    and which parts of ``ctx`` (:class:`RunContext`) a method may use — typically
+    ``device``, ``spec.seed``, ``cache_dir`` and ``recorder.record`` for figures of its own
+    — against those that are the scenario's (``phase``, ``time``, ``count_parameters``,
+    ``task``, the scenario's own metrics). Built-in scenarios set it to the docstring of
+    their protocol module (``harness.scenarios.<name>_protocol``) or of their own module, so
+    the text lives in one place.
     """
 
     name: str
@@ -417,6 +438,8 @@ class Method(Protocol):
     """A named method: the scenarios it supports, its params schema, its scenario side.
 
     ``version`` goes into every run key, so bump it when the method's results change.
+    An optional ``role`` (one of :data:`ROLES`) marks a reference or a bound rather than
+    a contender; it changes how the leaderboard shows the method's rows, never a run key.
     The scenario-specific side is extra attributes named by the scenario's
     ``method_protocol`` (e.g. ``apply(model, params, ctx)`` for ``perplexity``).
     """

@@ -1,4 +1,4 @@
-"""The ``harness`` command: run | list | query | export | new-plugin."""
+"""The ``harness`` command: run | list | show | query | export | report | new-plugin."""
 
 from __future__ import annotations
 
@@ -233,6 +233,10 @@ def natural_width(renderable: Any) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``harness run``: one driver per store (its lock), then the suite."""
+    suite = _suite_path(args.suite)
+    if suite is None:
+        return 2
+    args.suite = suite
     if args.dry_run:
         return _run_suite(args)  # writes nothing
     from harness.store import DriverLock, StoreInUse
@@ -260,6 +264,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_suite(args)
     finally:
         lock.release()
+
+
+def _suite_path(given: Path) -> Path | None:
+    """A suite file: the path when one exists there, else the built-in suite of that name
+    (``harness run smoke``); None, after saying why, when neither exists."""
+    from harness.reference import builtin_suites
+    from harness.registry import did_you_mean
+
+    if given.exists() or given.parent != Path("."):
+        return given  # a path (reading it says what is wrong with it)
+    suites = builtin_suites()
+    entry = suites.get(given.name.removesuffix(".yaml"))
+    if entry is not None:
+        return Path(str(entry))
+    near = did_you_mean(given.name.removesuffix(".yaml"), list(suites))
+    console.print(f"[red]no suite file {escape(str(given))} here, and no built-in suite by "
+                  f"that name{escape(near)} (built-in: {escape(', '.join(suites))}; "
+                  "harness list suites)[/]")
+    return None
 
 
 def _unwritable(db: Path, exc: OSError) -> int:
@@ -461,64 +484,98 @@ def _dry_run(suite, placement: Placement, db: str) -> int:
 # -- list -----------------------------------------------------------------------------------
 
 
-def _params_text(schema: Any) -> str:
-    fields = getattr(schema, "model_fields", {})
-    parts = []
-    for name, info in fields.items():
-        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation)
-        default = "required" if info.is_required() else repr(info.default)
-        parts.append(f"{name}: {annotation.replace('typing.', '')} = {default}")
-    return "\n".join(parts) or "—"
-
-
 def _columns_text(columns: Any) -> str:
-    """A scenario's declared leaderboard columns and plots, one per line."""
+    """A scenario's declared leaderboard columns and plots, in one line."""
     lines = columns.describe() if columns is not None else []
-    return "\n".join(lines) or "core columns only"
+    return f"{len(lines)} declared columns and plots" if lines else "core columns only"
+
+
+def _list_entries(section: str, registry: Any) -> list[tuple[str, str, str]]:
+    """(name, what it belongs to, description) per component of a ``harness list`` section."""
+    middle = {
+        "scenarios": lambda item: "protocol: " + (", ".join(item.method_protocol) or "—"),
+        "methods": lambda item: ", ".join(getattr(item, "scenarios", ())),
+        "tasks": lambda item: getattr(item, "scenario", ""),
+        "models": lambda item: ", ".join(getattr(item, "kinds", ())),
+        "sources": lambda item: "",
+    }[section]
+    return [(name, middle(item), str(getattr(item, "description", "")))
+            for name, item in registry]
+
+
+def _builtin_suite_entries(components: Any) -> list[tuple[str, str, str]]:
+    """Each built-in suite: its name, how many runs it expands to, its description."""
+    from harness.reference import builtin_suites
+    from harness.suite import SuiteError, read_suite, resolve_suite
+
+    entries = []
+    for name, entry in builtin_suites().items():
+        try:
+            suite_file = read_suite(Path(str(entry)))
+            # Counting runs needs no device: any stands in (a GPU suite counts on a CPU).
+            suite = resolve_suite(suite_file, components,
+                                  lambda spec, _: (spec.replace("auto", "cpu"), "any"))
+            runs = f"{len(suite.runs)} runs"
+            description = suite.description
+        except (SuiteError, OSError) as exc:
+            runs, description = "? runs", f"(cannot be resolved here: {str(exc).splitlines()[0]})"
+        entries.append((name, runs, description))
+    return entries
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """One line per component at any width (like ``pip list``); ``harness show`` has more."""
+    from harness.reference import list_lines
+
     plugins, components = _load(args.plugin)
     what = args.what
-    sections = {
-        "scenarios": (components.scenarios, ("name", "plugin", "method protocol", "columns",
-                                             "description")),
-        "methods": (components.methods, ("name", "plugin", "version", "scenarios", "params",
-                                         "description")),
-        "tasks": (components.tasks, ("name", "plugin", "scenario", "params", "description")),
-        "models": (components.models, ("name", "plugin", "kinds", "description")),
-        "sources": (components.model_sources, ("name", "plugin", "description")),
-    }
+    registries = {"scenarios": components.scenarios, "methods": components.methods,
+                  "tasks": components.tasks, "models": components.models,
+                  "sources": components.model_sources}
     if what == "plugins":
-        table = Table(title="plugins")
-        for column in ("name", "version", "status"):
-            table.add_column(column)
-        for name, _ in plugins.manager.list_name_plugin():
-            table.add_row(escape(name), plugins.versions.get(name, ""), "[green]loaded[/]")
-        for name, error in plugins.failures.items():
-            table.add_row(escape(name), "", f"[red]failed[/]: {escape(error)}")
-        out.print(table)
+        entries = [(name, plugins.versions.get(name, ""), "loaded")
+                   for name, _ in plugins.manager.list_name_plugin()]
+        entries += [(name, "", f"failed: {error}") for name, error in plugins.failures.items()]
+        lines = list(list_lines(entries))
+    elif what == "suites":
+        lines = [*list_lines(_builtin_suite_entries(components)),
+                 "harness run NAME runs one; harness show suite NAME prints it"]
+    else:
+        lines = []
+        for section in (what,) if what != "all" else tuple(registries):
+            if what == "all":
+                lines += ["", f"{section}:"] if lines else [f"{section}:"]
+            lines += list_lines(_list_entries(section, registries[section]))
+        kind = "KIND" if what == "all" else what.removesuffix("s")
+        lines.append(f"harness show {kind} NAME: its params and their docs")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """The full reference of one component, or a built-in suite's YAML."""
+    from harness.reference import KINDS, builtin_suites, reference
+    from harness.registry import RegistryError, did_you_mean
+
+    if args.kind == "suite":
+        suites = builtin_suites()
+        if args.name.removesuffix(".yaml") not in suites:
+            console.print(f"[red]no built-in suite '{escape(args.name)}'"
+                          f"{escape(did_you_mean(args.name, list(suites)))} "
+                          f"(built-in: {escape(', '.join(suites))})[/]")
+            return 2
+        sys.stdout.write(suites[args.name.removesuffix(".yaml")].read_text(encoding="utf-8"))
         return 0
-    for section in (what,) if what != "all" else tuple(sections):
-        registry, columns = sections[section]
-        table = Table(title=section, show_lines=True)
-        for column in columns:
-            table.add_column(column)
-        for name, item in registry:
-            cells = {
-                "name": name,
-                "plugin": registry.plugin_of(name),
-                "description": getattr(item, "description", ""),
-                "method protocol": ", ".join(getattr(item, "method_protocol", ())),
-                "columns": _columns_text(getattr(item, "columns", None)),
-                "version": str(getattr(item, "version", "")),
-                "scenarios": ", ".join(getattr(item, "scenarios", ())),
-                "scenario": getattr(item, "scenario", ""),
-                "params": _params_text(getattr(item, "params", None)),
-                "kinds": ", ".join(getattr(item, "kinds", ())),
-            }
-            table.add_row(*(escape(str(cells[c])) for c in columns))
-        out.print(table)
+    plugins, components = _load(args.plugin)
+    registry = getattr(components, KINDS[args.kind])
+    try:
+        item = registry.get(args.name)
+    except RegistryError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        return 2
+    plugin = registry.plugin_of(args.name)
+    sys.stdout.write(reference(args.kind, args.name, item, plugin,
+                               plugins.versions.get(plugin, ""), components.scenarios))
     return 0
 
 
@@ -551,30 +608,49 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from harness.report import ReportError, export_tables
     from harness.store import StoreError, export_parquet
 
+    if not (args.parquet or args.latex or args.markdown):
+        console.print("[red]say what to export: --parquet DIR (every table of the store), "
+                      "--latex DIR or --markdown DIR (every leaderboard and view)[/]")
+        return 2
+    paths = []
     try:
-        paths = export_parquet(args.db, args.parquet)
-    except (StoreError, FileNotFoundError) as exc:
+        if args.parquet:
+            paths += export_parquet(args.db, args.parquet)
+        if args.latex or args.markdown:
+            columns, roles = _installed_layout(args.plugin)
+            paths += export_tables(args.db, latex_dir=args.latex, markdown_dir=args.markdown,
+                                   suites=args.suite, columns=columns, roles=roles)
+    except (ReportError, StoreError, FileNotFoundError) as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 1
     for path in paths:
-        out.print(str(path))
+        out.print(escape(str(path)))
     return 0
+
+
+def _installed_layout(plugin_args: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """What the installed scenarios declare about their columns and the installed methods
+    about their roles: they stand in for what a store written before stores kept them
+    lacks (the store's own come first)."""
+    _, components = _load(plugin_args)
+    declared = {name: scenario.columns for name, scenario in components.scenarios
+                if getattr(scenario, "columns", None) is not None}
+    roles = {name: method.role for name, method in components.methods
+             if getattr(method, "role", None) is not None}
+    return declared, roles
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import ReportError, build_site, serve
     from harness.store import StoreError
 
-    # Installed scenarios' declarations stand in for those a store written before stores
-    # kept them lacks; the store's own come first.
-    _, components = _load(args.plugin)
-    declared = {name: scenario.columns for name, scenario in components.scenarios
-                if getattr(scenario, "columns", None) is not None}
+    declared, roles = _installed_layout(args.plugin)
     try:
         summary = build_site(args.db, args.out, title=args.title, suites=args.suite,
-                             columns=declared)
+                             columns=declared, roles=roles)
     except (ReportError, StoreError, FileNotFoundError) as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 1
@@ -590,7 +666,7 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     from harness.scaffold import ScaffoldError, scaffold_plugin
 
     try:
-        root = scaffold_plugin(args.name, Path(args.dir))
+        root = scaffold_plugin(args.name, Path(args.dir), scenario=args.scenario)
     except ScaffoldError as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 2
@@ -636,12 +712,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 0 even when runs failed")
     run.set_defaults(func=cmd_run)
 
-    lst = sub.add_parser("list", help="list scenarios, methods, tasks, models, sources, plugins")
+    lst = sub.add_parser("list", help="one line per scenario, method, task, model, source, "
+                         "plugin or built-in suite")
     lst.add_argument("what", nargs="?", default="all",
                      choices=("all", "scenarios", "methods", "tasks", "models", "sources",
-                              "plugins"))
+                              "plugins", "suites"))
     lst.add_argument("-p", dest="plugin", action="append", default=[], help=plugin_help)
     lst.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="a component's full reference (params with their "
+                          "docs), or a built-in suite's YAML")
+    show.add_argument("kind", choices=("method", "scenario", "task", "model", "source", "suite"))
+    show.add_argument("name")
+    show.add_argument("-p", dest="plugin", action="append", default=[], help=plugin_help)
+    show.set_defaults(func=cmd_show)
 
     qry = sub.add_parser("query", help="run read-only SQL on the store")
     qry.add_argument("sql")
@@ -649,8 +733,16 @@ def build_parser() -> argparse.ArgumentParser:
     qry.add_argument("--format", choices=("table", "csv", "json"), default="table")
     qry.set_defaults(func=cmd_query)
 
-    exp = sub.add_parser("export", help="export every table of the store")
-    exp.add_argument("--parquet", required=True, metavar="DIR", help="write DIR/<table>.parquet")
+    exp = sub.add_parser("export", help="export the store's tables (Parquet) or its "
+                         "leaderboards and views for a paper (LaTeX, Markdown)")
+    exp.add_argument("--parquet", metavar="DIR", help="write DIR/<table>.parquet")
+    exp.add_argument("--latex", metavar="DIR",
+                     help="write each leaderboard and view as booktabs LaTeX under DIR")
+    exp.add_argument("--markdown", metavar="DIR",
+                     help="write each leaderboard and view as GitHub Markdown under DIR")
+    exp.add_argument("--suite", action="append", default=[],
+                     help="only this suite (repeatable; default: every suite)")
+    exp.add_argument("-p", dest="plugin", action="append", default=[], help=plugin_help)
     exp.add_argument("--db", default=DEFAULT_DB)
     exp.set_defaults(func=cmd_export)
 
@@ -670,6 +762,9 @@ def build_parser() -> argparse.ArgumentParser:
     new = sub.add_parser("new-plugin", help="scaffold a plugin package that runs as generated")
     new.add_argument("name", help="plugin name, e.g. my-method")
     new.add_argument("--dir", default=".", help="parent folder (default: current)")
+    new.add_argument("--scenario", default="perplexity",
+                     help="the scenario whose method protocol the plugin implements "
+                          "(default: perplexity; harness list scenarios)")
     new.set_defaults(func=cmd_new_plugin)
     return parser
 

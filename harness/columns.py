@@ -57,6 +57,12 @@ class CostColumn:
     recorded in, for readers of ``harness list``; the site formats the stored unit.
     ``per_phase`` costs get one column per phase that recorded them (timed loops); the
     others show the maximum over phases (a peak is the peak of the whole run).
+    ``noise`` is the relative spread below which two values of this cost are
+    indistinguishable (0.02: within 2 % of the larger), for noise that seeds' confidence
+    intervals miss (one seed per row, a process's resident memory): a Pareto plot against a
+    cost whose values all lie within it draws no trade-off.
+    ``training`` marks a cost that only means something where a method trains (trainable
+    params): it shows only for scenarios that declare ``trains``.
     """
 
     key: str
@@ -66,6 +72,8 @@ class CostColumn:
     stat: str = "value"
     higher_is_better: bool = False
     per_phase: bool = False
+    noise: float = 0.0
+    training: bool = False
 
     def describe(self) -> str:
         direction = "higher" if self.higher_is_better else "lower"
@@ -91,11 +99,17 @@ class CostPlot:
 
 @dataclass(frozen=True)
 class ResultColumns:
-    """Everything a scenario declares about its leaderboard (see the module docstring)."""
+    """Everything a scenario declares about its leaderboard (see the module docstring).
+
+    ``trains`` says whether the scenario's methods train: the ``training`` costs (trainable
+    params) show only where it is true, never on, say, a perplexity row where nothing
+    trains. None (a declaration stored before it said) shows them wherever recorded.
+    """
 
     quality: tuple[QualityColumn, ...] = ()
     costs: tuple[CostColumn, ...] = ()
     plots: tuple[CostPlot, ...] = field(default=())
+    trains: bool | None = None
 
     def __post_init__(self) -> None:
         keys = [c.key for c in (*CORE_COSTS, *self.costs)]
@@ -117,6 +131,7 @@ class ResultColumns:
             quality=tuple(QualityColumn(**q) for q in data.get("quality", ())),
             costs=tuple(CostColumn(**c) for c in data.get("costs", ())),
             plots=tuple(CostPlot(**p) for p in data.get("plots", ())),
+            trains=data.get("trains"),
         )
 
     def describe(self) -> list[str]:
@@ -125,12 +140,15 @@ class ResultColumns:
             *(f"quality: {q.describe()}" for q in self.quality),
             *(f"cost: {c.describe()}" for c in self.costs),
             *(f"plot: {p.title} (x: {p.axis})" for p in self.plots),
+            *([] if self.trains is None else [f"trains: {'yes' if self.trains else 'no'}"]),
         ]
 
 
 def _core(key: str, label: str, metric: str, unit: str, stat: str, per_phase: bool,
-          higher_is_better: bool = False) -> CostColumn:
-    return CostColumn(key, label, metric, unit, stat, higher_is_better, per_phase)
+          higher_is_better: bool = False, noise: float = 0.0,
+          training: bool = False) -> CostColumn:
+    return CostColumn(key, label, metric, unit, stat, higher_is_better, per_phase, noise,
+                      training)
 
 
 #: The probes' costs, shown for every scenario wherever they were measured, in this order
@@ -139,9 +157,11 @@ CORE_COSTS: tuple[CostColumn, ...] = (
     _core("latency", "latency", "latency", "ms", "median", True),
     _core("throughput", "throughput", "throughput", "item/s", "median", True, True),
     _core("vram", "peak VRAM", "cuda_allocated_peak", "bytes", "max", False),
-    _core("host_ram", "peak host RAM", "host_rss_peak", "bytes", "max", False),
+    # A process's peak RSS moves by a few MiB between identical runs (allocator, imports).
+    _core("host_ram", "peak host RAM", "host_rss_peak", "bytes", "max", False, noise=0.02),
     _core("energy", "energy per item", "energy_per_item", "J/item", "value", True),
-    _core("trainable", "trainable params", "params_trainable", "count", "value", False),
+    _core("trainable", "trainable params", "params_trainable", "count", "value", False,
+          training=True),
     # Achieved bandwidth as a share of the worker's measured peak (harness.probes.bandwidth),
     # where a method reports the bytes a step moves.
     _core("memory_roofline", "memory bandwidth, % of peak", "bandwidth_share", "%", "memory",
@@ -163,4 +183,8 @@ def merged(declarations: Sequence[ResultColumns]) -> ResultColumns:
             costs.setdefault(c.key, c)
         for p in columns.plots:
             plots.setdefault(p.cost, p)
-    return ResultColumns(tuple(quality.values()), tuple(costs.values()), tuple(plots.values()))
+    trains = [columns.trains for columns in declarations]
+    # Any scenario that trains brings the training costs; unknown (None) keeps them too.
+    return ResultColumns(tuple(quality.values()), tuple(costs.values()), tuple(plots.values()),
+                         True if True in trains else None if None in trains or not trains
+                         else False)

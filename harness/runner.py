@@ -133,7 +133,7 @@ class Driver:
         outcome = SuiteOutcome()
         outcome.recovered = self._recover_spool()
         suite_id = self.store.record_suite(suite.name, str(suite.path), suite.description,
-                                           suite.text)
+                                           suite.text, suite.layout.to_json())
         if self.columns is not None:
             self.store.record_columns(suite.scenario, self.columns.to_json())
         statuses = self.store.statuses([spec.run_key for spec in suite.runs])

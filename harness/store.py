@@ -263,10 +263,13 @@ def _rekey_without_validity_settings(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE rekey")
 
 
+# v4: the suite's leaderboard layout (harness.layout: roles and pivot views), kept with it.
+_SUITE_LAYOUT_V4 = "ALTER TABLE suites ADD COLUMN layout JSON"
+
 #: ``MIGRATIONS[i]`` upgrades a file from schema version ``i`` to ``i + 1``; the code's
 #: version is ``len(MIGRATIONS)``. Append new steps; never edit a released one.
 MIGRATIONS: list[Migration] = [
-    _SCHEMA_V1, _SCENARIO_COLUMNS_V2, _rekey_without_validity_settings,
+    _SCHEMA_V1, _SCENARIO_COLUMNS_V2, _rekey_without_validity_settings, _SUITE_LAYOUT_V4,
 ]
 
 _RUN_COLUMNS = (
@@ -416,20 +419,25 @@ class Store:
         finally:
             con.close()
 
-    def record_suite(self, name: str, path: str, description: str, text: str) -> str:
-        """Upsert a suite by its id (name + YAML source) and mark it run now."""
+    def record_suite(self, name: str, path: str, description: str, text: str,
+                     layout: str | None = None) -> str:
+        """Upsert a suite by its id (name + YAML source) and mark it run now.
+
+        ``layout`` is its leaderboard layout (:meth:`harness.layout.Layout.to_json`); the
+        latest replaces an earlier one (a plugin may have changed a method's role)."""
         suite_id = suite_id_for(name, text)
         now = _now()
         with self._connect() as con:
             con.execute(
                 """
-                INSERT INTO suites VALUES (?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO suites VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (suite_id) DO UPDATE SET
                     path = excluded.path,
                     description = excluded.description,
-                    last_run = excluded.last_run
+                    last_run = excluded.last_run,
+                    layout = excluded.layout
                 """,
-                [suite_id, name, path, description, text, now, now],
+                [suite_id, name, path, description, text, now, now, layout],
             )
         return suite_id
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import duckdb
@@ -99,10 +101,67 @@ def test_invalid_suite_exits_2_with_file_line_and_field(tmp_path, capsys):
     assert "bad.yaml:5" in err and "unknown method 'rnt'" in err and "did you mean 'rtn'" in err
 
 
-def test_list_shows_methods_with_params_and_defaults(capsys):
+def test_list_prints_one_whole_name_per_line_at_80_columns(monkeypatch, capsys):
+    from harness.plugins import load_components, load_plugins
+
+    monkeypatch.setenv("COLUMNS", "80")
     assert main(["list", "methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = load_components(load_plugins()).methods.names()
+    assert [line.split()[0] for line in lines[:-1]] == sorted(names)
+    assert max(map(len, lines)) <= 80
+    assert lines[-1] == "harness show method NAME: its params and their docs"
+
+
+def test_show_method_prints_every_param_with_default_and_doc(capsys):
+    assert main(["show", "method", "rtn"]) == 0
     printed = capsys.readouterr().out
-    assert "rtn" in printed and "group_size" in printed and "weight-compression" in printed
+    assert "plugin: weight-compression" in printed
+    assert "perplexity: provides apply, storage_bytes" in printed
+    block = printed.split("group_size: int = 64", 1)[1].split("\n")[1]
+    assert block.strip() and not block.strip().startswith("(no description)")
+
+
+def test_show_an_unknown_name_exits_2_with_a_near_miss(capsys):
+    assert main(["show", "method", "rnt"]) == 2
+    captured = capsys.readouterr()
+    assert "did you mean 'rtn'?" in captured.err and "Traceback" not in captured.err
+
+
+def test_show_scenario_prints_its_method_contract(capsys):
+    assert main(["show", "scenario", "perplexity"]) == 0
+    printed = capsys.readouterr().out
+    assert "method protocol\n  apply, storage_bytes" in printed
+    assert "method contract" in printed and "ctx" in printed
+
+
+def test_builtin_suites_list_show_and_run_by_name(tmp_path, capsys):
+    assert main(["list", "suites"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"^smoke +5 runs +Weight-storage baselines", listed, re.M)
+    assert main(["show", "suite", "smoke"]) == 0
+    assert capsys.readouterr().out == (ROOT / "suites" / "smoke.yaml").read_text()
+    # By name from any folder; a file of that name there wins.
+    proc = cli("run", "smoke", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "dense" in proc.stdout and "5 runs" in proc.stdout
+    (tmp_path / "smoke").write_text("name: local\n")
+    proc = cli("run", "smoke", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2 and "local" not in proc.stdout and "smoke" in proc.stderr
+    proc = cli("run", "smok", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2 and "did you mean 'smoke'?" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_builtin_suites(tmp_path):
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"harness_suites/{p.name}" for p in (ROOT / "suites").glob("*.yaml")} <= names
+    assert any(n.startswith("harness_suites/configs/") for n in names)
 
 
 def test_list_plugins_shows_failures(capsys):

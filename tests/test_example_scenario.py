@@ -43,12 +43,8 @@ def test_example_scenario_gets_its_column_and_plot(tmp_path: Path) -> None:
 def test_example_scenario_loads_with_p(monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture) -> None:
     """``-p path/to/vector_search.py`` registers it like the suite's ``plugins:`` does."""
-    from rich.console import Console
-
-    from harness import cli
-
-    monkeypatch.setattr(cli, "out", Console(width=400, highlight=False))
     plugin = SUITE.with_name("vector_search.py")
     assert main(["list", "scenarios", "-p", str(plugin)]) == 0
-    out = capsys.readouterr().out
-    assert "vector-search" in out and "cost: index size: index_bytes in bytes" in out
+    assert "vector-search" in capsys.readouterr().out
+    assert main(["show", "scenario", "vector-search", "-p", str(plugin)]) == 0
+    assert "cost: index size: index_bytes in bytes" in capsys.readouterr().out

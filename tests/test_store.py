@@ -390,3 +390,25 @@ def test_write_waits_for_a_short_lock(store: Store) -> None:
     finally:
         proc.wait()
     assert store.statuses() == {"k1": "ok"}
+
+
+def test_suite_layout_migrates_and_upserts(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:  # a store written before stores kept layouts
+        patch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:3])
+        Store(db)
+    with duckdb.connect(str(db)) as con:
+        con.execute("INSERT INTO suites VALUES (?, 'smoke', 's.yaml', '', ?, now(), now())",
+                    [store_mod.suite_id_for("smoke", "name: smoke\n"), "name: smoke\n"])
+    con = store_mod.connect_readonly(db)
+    try:
+        from harness.report.query import stored_layouts
+
+        con.execute("CREATE TEMP TABLE member AS SELECT 'smoke' AS suite, 'k' AS run_key")
+        assert stored_layouts(con) == {}  # read as it is: no layouts, no error
+    finally:
+        con.close()
+    store = Store(db)
+    assert rows(db, "SELECT name, layout FROM suites") == [("smoke", None)]
+    store.record_suite("smoke", "s.yaml", "", "name: smoke\n", '{"roles":{"k":"reference"}}')
+    assert rows(db, "SELECT CAST(layout AS VARCHAR) FROM suites") == [
+        ('{"roles":{"k":"reference"}}',)]

@@ -38,12 +38,14 @@ class HFOptions(Params):
     """Options of an ``hf`` or ``builtin`` model entry."""
 
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "float32"
+    """Dtype the weights are loaded in; auto keeps the one the checkpoint or config names."""
 
 
 class HFConfigOptions(HFOptions):
     """Options of an ``hf-config`` model entry: ``overrides`` are set on the loaded config."""
 
     overrides: dict[str, Any] = Field(default_factory=dict)
+    """Config fields to set before initialising, e.g. num_hidden_layers (each must exist)."""
 
 
 def _auto_class(kind: str, source: str) -> Any:

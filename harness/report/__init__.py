@@ -15,9 +15,13 @@ plots come from the core's probe costs and from what each scenario declares
 (:class:`harness.columns.ResultColumns`), kept in the store by the runs that produced them.
 
 Modules, in the order data flows through them: :mod:`.query` (reading and aggregating),
-:mod:`.tables` (columns, ranking, cells, CSV/JSON), :mod:`.plots` (SVG), :mod:`.runs`
-(run pages), :mod:`.site` (writing the site), :mod:`.serve` (local preview); :mod:`.numbers`,
-:mod:`.names` and :mod:`.render` are what they share.
+:mod:`.tables` (columns, ranking, cells, CSV/JSON), :mod:`.views` (a suite's pivot
+tables), :mod:`.plots` (SVG), :mod:`.paper` (LaTeX and Markdown), :mod:`.runs` (run
+pages), :mod:`.site` (writing the site and the exports), :mod:`.serve` (local
+preview); :mod:`.numbers`, :mod:`.names` and :mod:`.render` are what they share.
+
+A suite's layout (:mod:`harness.layout`, kept in the store) says which rows are references
+or bounds: they are pinned above the ranked rows, compared with, and never ranked.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from harness.report.names import run_page, slugify
 from harness.report.numbers import ci95, fmt, t975
 from harness.report.query import ReportError
 from harness.report.serve import make_server, serve
-from harness.report.site import MARKER, SiteSummary, build_site
+from harness.report.site import MARKER, SiteSummary, build_site, export_tables
 
 __all__ = [
     "MARKER",
@@ -34,6 +38,7 @@ __all__ = [
     "SiteSummary",
     "build_site",
     "ci95",
+    "export_tables",
     "fmt",
     "make_server",
     "run_page",

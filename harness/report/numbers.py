@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 
-__all__ = ["ci95", "fmt", "fmt_mean", "scale", "t975"]
+__all__ = ["ci95", "fmt", "fmt_delta", "fmt_mean", "scale", "t975"]
 
 # Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
 _T975 = (
@@ -87,3 +87,23 @@ def fmt_mean(mean: float, ci: float | None, unit: str) -> tuple[str, str, str]:
         ci_text = f"± {half:.2g}" if places > 6 else f"± {half:.{max(0, places)}f}"
     return f"{mean / divisor:.4g}", ci_text, text
 
+
+
+def fmt_delta(value: float, reference: float, unit: str, quality: bool) -> str:
+    """A row against its reference: a quality as a signed difference (percentages in
+    points), a cost as a ratio ("5.8× less", "1.3× more"); "" where neither means much
+    (a cost within 0.5 % of the reference's, or one that is not positive)."""
+    if not (math.isfinite(value) and math.isfinite(reference)):
+        return ""
+    if quality:
+        difference = value - reference
+        if difference == 0:
+            return "±0"
+        sign = "+" if difference > 0 else "−"
+        return f"{sign}{fmt(abs(difference), 'pt' if unit == '%' else unit, 2)}"
+    if value <= 0 or reference <= 0:
+        return ""
+    ratio = value / reference
+    if abs(ratio - 1) < 0.005:
+        return ""  # a cost the method does not change says nothing: no small print
+    return f"{1 / ratio:.2g}× less" if ratio < 1 else f"{ratio:.2g}× more"

@@ -10,9 +10,10 @@ import functools
 import math
 from dataclasses import dataclass, field
 
+from harness.columns import CORE_COSTS
 from harness.report.names import params_text
-from harness.report.numbers import fmt, scale
-from harness.report.query import Board, Column, Row, latency_interval
+from harness.report.numbers import ci95, fmt, scale
+from harness.report.query import Agg, Board, Column, Row, latency_interval
 
 __all__ = ["FRAME", "Plot", "pareto_frontier", "pareto_plots", "row_label",
            "samples_plot"]
@@ -84,23 +85,37 @@ def _nice_step(span: float) -> float:
     return next(m * power for m in (1, 2, 2.5, 5, 10) if raw <= m * power)
 
 
+def _decimals(value: float) -> int:
+    """The fewest decimals that write ``value`` exactly, float noise aside."""
+    scaled = abs(value)
+    for places in range(16):
+        if abs(scaled - round(scaled)) <= 1e-9 * scaled:
+            return places
+        scaled *= 10
+    return 16
+
+
 def _axis(values: list[float], start: float, end: float, *, allow_log: bool
           ) -> tuple[_Axis, list[float]]:
-    """An axis that fits ``values`` with round ticks; log when they span ≥ 30×."""
+    """An axis that fits ``values`` with round ticks; log when they span over two decades.
+
+    Ticks are rounded to the decimals they need, so that labels written from them are exact.
+    """
     lo, hi = min(values), max(values)
-    if allow_log and lo > 0 and hi / lo >= 30:
+    if allow_log and lo > 0 and hi / lo > 100:
         lo, hi = lo / 1.3, hi * 1.3
         decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-        ticks = [10.0**d for d in decades if lo <= 10.0**d <= hi]
+        ticks = [round(10.0**d, max(0, -d)) for d in decades if lo <= 10.0**d <= hi]
         if len(ticks) < 3:
-            ticks = sorted(m * 10.0**d for d in decades for m in (1, 2, 5)
+            ticks = sorted(round(m * 10.0**d, max(0, -d)) for d in decades for m in (1, 2, 5)
                            if lo <= m * 10.0**d <= hi)
         return _Axis(lo, hi, True, start, end), ticks
     pad = (hi - lo) * 0.08 or abs(lo) * 0.1 or 1.0
     lo, hi = (max(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad
     step = _nice_step(hi - lo)
-    first = math.ceil(lo / step) * step
-    ticks = [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+    places = _decimals(step)
+    ticks = [round(k * step, places)
+             for k in range(math.ceil(lo / step), math.floor(hi / step + 1e-9) + 1)]
     return _Axis(lo, hi, False, start, end), ticks
 
 
@@ -130,7 +145,19 @@ class _Point:
     label: str
     anchor: str
     dx: int
-    err: str = ""  # the cost's confidence interval as an SVG path (a horizontal bar)
+    err: str = ""  # the 95 % intervals as one SVG path: the cost's across, the quality's up
+    marker: str = ""  # a reference's or bound's hollow diamond as an SVG path; else a circle
+
+
+@dataclass(slots=True)
+class _Line:
+    """A reference's or bound's quality: a dashed line across the plot, labelled inside the
+    frame at its right end."""
+
+    d: str
+    label_y: float
+    label: str
+    title: str
 
 
 @dataclass(slots=True)
@@ -145,6 +172,7 @@ class Plot:
     x_label: str = ""
     y_label: str = ""
     points: list[_Point] = field(default_factory=list)  # Pareto: rows and frontier
+    lines: list[_Line] = field(default_factory=list)  # Pareto: references and bounds
     step: str = ""
     dots: str = ""  # samples: one dot per iteration and the median line
     median: float = 0.0
@@ -152,8 +180,11 @@ class Plot:
 
 
 def _ticks(axis: _Axis, ticks: list[float]) -> list[tuple[float, str]]:
-    """Tick positions with bare-number labels; the unit goes on the axis title."""
-    return [(axis(t), f"{t:.4g}") for t in ticks]
+    """Tick positions with bare-number labels (the unit goes on the axis title), written
+    exactly, so distinct ticks never share a label: a log axis's each with the decimals it
+    needs, a linear axis's all with the most any needs (its step's), so they read alike."""
+    places = max(map(_decimals, ticks), default=0)
+    return [(axis(t), f"{t:.{_decimals(t) if axis.log else places}f}") for t in ticks]
 
 
 def _grid(x_ticks: list[tuple[float, str]], y_ticks: list[tuple[float, str]]) -> str:
@@ -162,53 +193,111 @@ def _grid(x_ticks: list[tuple[float, str]], y_ticks: list[tuple[float, str]]) ->
                    + [f"M{x},{FRAME.top}V{FRAME.bottom}" for x, _ in x_ticks])
 
 
-#: A plotted row: (label, cost, quality, the cost's 95 % interval or None).
-_Placed = tuple[str, float, float, tuple[float, float] | None]
+@dataclass(slots=True)
+class _Placed:
+    """A plotted row: its label and role, its cost (None: a reference or bound without it,
+    drawn as its line alone) and quality, and their 95 % intervals where there are some."""
+
+    label: str
+    role: str | None
+    x: float | None
+    y: float
+    x_bar: tuple[float, float] | None
+    y_bar: tuple[float, float] | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} ({self.role.replace('-', ' ')})" if self.role else self.label
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= 40 else label[:39] + "…"
+
+
+def _with_ci(value: float, bar: tuple[float, float] | None, unit: str) -> str:
+    text = fmt(value, unit)
+    return f"{text} (95 % CI {fmt(bar[0], unit)} – {fmt(bar[1], unit)})" if bar else text
 
 
 def _pareto(title: str, rows: list[_Placed], x_column: Column, y_column: Column,
             x_label: str) -> Plot:
-    """Quality against one cost: every ok row a point, the frontier a step line, and the
-    cost's confidence interval (where there is one) as a horizontal error bar."""
-    x_div, x_unit = scale(max(abs(r[1]) for r in rows), x_column.unit)
-    y_div, y_unit = scale(max(abs(r[2]) for r in rows), y_column.unit)
-    xs = [r[1] / x_div for r in rows]
-    ys = [r[2] / y_div for r in rows]
-    bars = [(r[3][0] / x_div, r[3][1] / x_div) if r[3] else None for r in rows]
-    extent = xs + [end for bar in bars if bar for end in bar]
-    x_axis, x_ticks = _axis(extent, FRAME.left, FRAME.right, allow_log=True)
-    y_axis, y_ticks = _axis(ys, FRAME.bottom, FRAME.top, allow_log=False)
-    frontier = pareto_frontier(list(zip(xs, ys, strict=True)), y_column.higher_is_better)
+    """Quality against one cost: every row with both a point, its intervals error bars, the
+    contenders' frontier a step line, and each reference's or bound's quality a dashed line
+    (their points never on the frontier: they are there to compare against)."""
+    placed_rows = [r for r in rows if r.x is not None]
+    lined = [r for r in rows if r.role]
+    x_div, x_unit = scale(max(abs(r.x) for r in placed_rows), x_column.unit)
+    y_div, y_unit = scale(max(abs(r.y) for r in rows), y_column.unit)
+    xs = [r.x / x_div for r in placed_rows]
+    ys = [r.y / y_div for r in placed_rows]
+    x_bars = [(r.x_bar[0] / x_div, r.x_bar[1] / x_div) if r.x_bar else None
+              for r in placed_rows]
+    y_bars = [(r.y_bar[0] / y_div, r.y_bar[1] / y_div) if r.y_bar else None
+              for r in placed_rows]
+    x_axis, x_ticks = _axis(xs + [end for bar in x_bars if bar for end in bar],
+                            FRAME.left, FRAME.right, allow_log=True)
+    y_axis, y_ticks = _axis(ys + [end for bar in y_bars if bar for end in bar]
+                            + [r.y / y_div for r in lined],
+                            FRAME.bottom, FRAME.top, allow_log=False)
+    contenders = [i for i, r in enumerate(placed_rows) if r.role is None]
+    frontier = [contenders[j] for j in pareto_frontier(
+        [(xs[i], ys[i]) for i in contenders], y_column.higher_is_better)]
     on_frontier = set(frontier)
-    label_all = len(rows) <= 8
-    points, placed = [], []
-    for i in sorted(range(len(rows)), key=lambda i: (i not in on_frontier, i)):
-        label, x, y, interval = rows[i]
+    label_all = len(placed_rows) <= 8
+    # Labels are ~6.5 px a character; one that would overlap a placed one is left to the
+    # tooltip. Placed: (x extent, baseline) of each label drawn.
+    placed: list[tuple[tuple[float, float], float]] = []
+
+    def free(box: tuple[float, float], baseline: float) -> bool:
+        return not any(abs(baseline - other_y) < 13 and box[0] < other[1] and other[0] < box[1]
+                       for other, other_y in placed)
+
+    lines = []
+    for r in lined:
+        y = y_axis(r.y / y_div)
+        text = _short(r.name)
+        box = (FRAME.right - 4 - 6.5 * len(text), FRAME.right - 4)
+        baseline = next((b for b in (y - 4, y + 13) if free(box, b)), y - 4)
+        placed.append((box, baseline))
+        lines.append(_Line(f"M{FRAME.left},{y}H{FRAME.right}", round(baseline, 1), text,
+                           f"{r.name}: {_with_ci(r.y, r.y_bar, y_column.unit)}"))
+    points, hidden = [], 0
+    for i in sorted(range(len(placed_rows)), key=lambda i: (i not in on_frontier, i)):
+        r = placed_rows[i]
         px, py = x_axis(xs[i]), y_axis(ys[i])
-        err, spread = "", ""
-        if bars[i] is not None:
-            low, high = x_axis(bars[i][0]), x_axis(bars[i][1])
-            err = f"M{low},{py}H{high}M{low},{py - 3}v6M{high},{py - 3}v6"
-            spread = (f" (95 % CI {fmt(interval[0], x_column.unit)} – "
-                      f"{fmt(interval[1], x_column.unit)})")
+        err = ""
+        if x_bars[i]:
+            low, high = x_axis(x_bars[i][0]), x_axis(x_bars[i][1])
+            err += f"M{low},{py}H{high}M{low},{py - 3:.1f}v6M{high},{py - 3:.1f}v6"
+        if y_bars[i]:
+            low, high = y_axis(y_bars[i][0]), y_axis(y_bars[i][1])
+            err += f"M{px},{low}V{high}M{px - 3:.1f},{low}h6M{px - 3:.1f},{high}h6"
         right = px > FRAME.width * 0.62
-        text = label if len(label) <= 40 else label[:39] + "…"
-        # Labels are ~6.5 px a character; one that would overlap a placed one is left to
-        # the point's tooltip.
+        text = _short(r.label)
         box = (px - 8 - 6.5 * len(text), px - 8) if right else (px + 8, px + 8 + 6.5 * len(text))
-        show = (label_all or i in on_frontier) and not any(
-            abs(py - other_y) < 13 and box[0] < other[1] and other[0] < box[1]
-            for other, other_y in placed)
+        # A reference's or bound's name is on its line.
+        show = not r.role and (label_all or i in on_frontier) and free(box, py - 7)
         if show:
-            placed.append((box, py))
+            placed.append((box, py - 7))
+        elif not r.role:
+            hidden += 1
         points.append(_Point(
             px, py, i in on_frontier,
-            f"{label}: {fmt(y, y_column.unit)}, {fmt(x, x_column.unit)}{spread}",
+            f"{r.name}: {_with_ci(r.y, r.y_bar, y_column.unit)}, "
+            f"{_with_ci(r.x, r.x_bar, x_column.unit)}",
             text if show else "", "end" if right else "start", -8 if right else 8, err,
+            f"M{px},{py - 6:.1f}l6,6l-6,6l-6,-6z" if r.role else "",
         ))
-    first = frontier[0]
-    step = f"M{x_axis(xs[first])},{y_axis(ys[first])}" + "".join(
-        f"H{x_axis(xs[i])}V{y_axis(ys[i])}" for i in frontier[1:]) + f"H{FRAME.right}"
+    step = ""
+    if frontier:
+        first = frontier[0]
+        step = f"M{x_axis(xs[first])},{y_axis(ys[first])}" + "".join(
+            f"H{x_axis(xs[i])}V{y_axis(ys[i])}" for i in frontier[1:]) + f"H{FRAME.right}"
+    latency = x_column.id[0] == "latency"
+    sources = [
+        *(["seeds"] if any(y_bars) or (any(x_bars) and not latency) else []),
+        *(["latency: the median's interval"] if any(x_bars) and latency else []),
+    ]
     better = "higher" if y_column.higher_is_better else "lower"
     x_ticks, y_ticks = _ticks(x_axis, x_ticks), _ticks(y_axis, y_ticks)
     return Plot(
@@ -216,19 +305,79 @@ def _pareto(title: str, rows: list[_Placed], x_column: Column, y_column: Column,
         x_label=f"{x_label}{_in(x_unit)}{', log scale' if x_axis.log else ''}"
                 " — lower is better",
         y_label=f"{y_column.label}{_in(y_unit)} — {better} is better",
-        points=points, step=step,
+        points=points, lines=lines, step=step,
         note=" ".join(filter(None, (
-            "" if len(placed) == len(rows) else "Labels that would overlap are left out; "
-                                                "hover a point for its configuration.",
-            "Bars: the 95 % confidence interval of each median." if any(bars) else "",
+            "Labels that would overlap are left out; hover a point for its configuration."
+            if hidden else "",
+            f"Bars: 95 % confidence intervals ({'; '.join(sources)})." if sources else "",
+            "Dashed lines: the quality of references and bounds (hollow diamonds where they "
+            "have this cost), which are never on the frontier." if lines else "",
         ))),
     )
+
+
+def _span(low: float, high: float, unit: str) -> str:
+    """``low – high`` in one unit, with as many digits as it takes to tell them apart."""
+    divisor, text = scale(max(abs(low), abs(high)), unit)
+    digits = 4
+    while digits < 12 and f"{low / divisor:.{digits}g}" == f"{high / divisor:.{digits}g}":
+        digits += 1
+    return f"{low / divisor:.{digits}g} – {high / divisor:.{digits}g} {text}".strip()
+
+
+def _no_trade_off(rows: list[_Placed], cost: Column, noise: float) -> str:
+    """The sentence that stands in for a plot whose points' costs are within noise of each
+    other, or "": their spread is at most ``noise`` of the largest, or the widest of their
+    95 % intervals. A single point is no trade-off either, but it says nothing false."""
+    xs = [r.x for r in rows if r.x is not None]
+    if len(xs) < 2:
+        return ""
+    low, high = min(xs), max(xs)
+    floor = noise * max(map(abs, xs))
+    widest = max((r.x_bar[1] - r.x_bar[0] for r in rows if r.x is not None and r.x_bar),
+                 default=0.0)
+    if high - low > max(floor, widest):
+        return ""
+    if high == low:
+        return (f"No trade-off to draw: all configurations have the same {cost.label} "
+                f"({fmt(low, cost.unit)}).")
+    why = f"± {noise * 100:g} %" if floor >= widest else "within one 95 % confidence interval"
+    return (f"No trade-off to draw: all configurations within noise on {cost.label} "
+            f"({_span(low, high, cost.unit)}, {why}).")
 
 
 def row_label(row: Row, show_model: bool) -> str:
     params = params_text(row.params)
     label = f"{row.method} ({params})" if params else row.method
     return f"{label} · {row.model}" if show_model else label
+
+
+def _seeds_interval(agg: Agg) -> tuple[float, float] | None:
+    """The 95 % CI of a cell's mean over seeds; None with one seed or no spread at all."""
+    half = ci95(agg.sd, agg.n)
+    if half is None or not math.isfinite(half) or half <= 0:
+        return None
+    return agg.mean - half, agg.mean + half
+
+
+def _mean(agg: Agg | None) -> float | None:
+    if agg is None or agg.mean is None or not math.isfinite(agg.mean):
+        return None
+    return agg.mean
+
+
+def _placed(row: Row, cost: Column, quality: Column, show_model: bool) -> _Placed | None:
+    """What a plot shows of a row: None without the quality, or without the cost unless it
+    is a reference or bound (then its line alone)."""
+    y_agg, x_agg = row.cells.get(quality.id), row.cells.get(cost.id)
+    x, y = _mean(x_agg), _mean(y_agg)
+    if y is None or (x is None and row.role is None):
+        return None
+    x_bar = None
+    if x is not None:
+        x_bar = (latency_interval(row, cost.id[1]) if cost.id[0] == "latency"
+                 else _seeds_interval(x_agg))
+    return _Placed(row_label(row, show_model), row.role, x, y, x_bar, _seeds_interval(y_agg))
 
 
 def pareto_plots(board: Board, columns: list[Column], show_model: bool) -> list[Plot]:
@@ -240,6 +389,7 @@ def pareto_plots(board: Board, columns: list[Column], show_model: bool) -> list[
     if quality is None:
         reason = "No plot: this table has no quality metric."
         return [Plot(memory_title, reason), Plot(latency_title, reason)]
+    noise = {c.key: c.noise for c in (*CORE_COSTS, *board.columns.costs)}
     memory = by_kind.get("vram")
     memory_label = "peak VRAM (torch allocated)"
     if memory is None and "host_ram" in by_kind:
@@ -255,18 +405,18 @@ def pareto_plots(board: Board, columns: list[Column], show_model: bool) -> list[
         if cost is None:
             plots.append(Plot(title, f"No plot: no run here recorded {what}."))
             continue
-        rows = []
-        for row in board.rows:
-            x, y = row.cells.get(cost.id), row.cells.get(quality.id)
-            if (row.basis == "ok" and x and y and x.mean is not None and y.mean is not None
-                    and math.isfinite(x.mean) and math.isfinite(y.mean)):
-                interval = latency_interval(row, cost.id[1]) if cost.id[0] == "latency" else None
-                rows.append((row_label(row, show_model), x.mean, y.mean, interval))
-        if not rows:
+        rows = [placed for row in board.rows if row.basis == "ok"
+                and (placed := _placed(row, cost, quality, show_model)) is not None]
+        if not any(r.x is not None for r in rows):
             plots.append(Plot(title, f"No plot: no row with ok runs has both "
                                       f"{quality.label} and {cost.label}."))
             continue
-        plot = _pareto(f"{title}: {quality.label} vs {cost.label}", rows, cost, quality, label)
+        named = f"{title}: {quality.label} vs {cost.label}"
+        skip = _no_trade_off(rows, cost, noise.get(cost.id[0], 0.0))
+        if skip:
+            plots.append(Plot(named, skip))
+            continue
+        plot = _pareto(named, rows, cost, quality, label)
         left_out = sum(1 for row in board.rows if row.basis != "ok")
         if left_out:
             plot.note = f"{left_out} row(s) without an ok run are not plotted. {plot.note}"

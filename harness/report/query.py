@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from harness.columns import CORE_COSTS, CostColumn, ResultColumns, merged
+from harness.layout import Layout
 from harness.report.names import UniqueNames, slugify, when
 
 __all__ = [
@@ -65,7 +66,8 @@ FROM (
            coalesce(r.hardware, 'unknown hardware') AS hardware,
            coalesce(r.model, '') AS model, r.method, coalesce(r.method_version, '') AS version,
            coalesce(CAST(r.params AS VARCHAR), '{}') AS params, r.seed, r.status, r.run_key,
-           r.finished_at, r.error, r.scenario
+           r.finished_at, r.error, r.scenario, r.task AS task_name,
+           coalesce(CAST(r.task_params AS VARCHAR), '{}') AS task_params
     FROM member AS m JOIN runs AS r USING (run_key)
     LEFT JOIN task_label AS l
         ON l.suite = m.suite AND l.task = r.task
@@ -165,6 +167,8 @@ class Row:
     seeds: list[int]
     statuses: list[str]
     errors: list[str]
+    #: The row's role (:data:`harness.api.ROLES`) in its suite, or None for a contender.
+    role: str | None = None
     cells: dict[tuple[str, str, str, str], Agg] = field(default_factory=dict)
     hib: dict[tuple[str, str, str, str], bool | None] = field(default_factory=dict)
 
@@ -190,6 +194,10 @@ class SiteData:
     hardware: list[dict[str, Any]]
     #: Each scenario's declaration, for the scenarios of the site's runs that have one.
     declared: dict[str, ResultColumns] = field(default_factory=dict)
+    #: Each suite's leaderboard layout (roles and views) by suite name.
+    layouts: dict[str, Layout] = field(default_factory=dict)
+    #: Roles the installed methods declare, for suites with no stored layout.
+    method_roles: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -239,13 +247,32 @@ def stored_columns(con: duckdb.DuckDBPyConnection) -> dict[str, ResultColumns]:
                            "FROM scenario_columns").fetchall()}
 
 
+def stored_layouts(con: duckdb.DuckDBPyConnection) -> dict[str, Layout]:
+    """Each member suite's layout: its versions' roles (the latest first) and the latest
+    version's views; none for a store written before stores kept layouts."""
+    (present,) = con.execute("SELECT count(*) FROM duckdb_columns() "
+                             "WHERE table_name = 'suites' AND column_name = 'layout'").fetchone()
+    if not present:
+        return {}
+    layouts: dict[str, Layout] = {}
+    for name, text in con.execute(
+        "SELECT name, CAST(layout AS VARCHAR) FROM suites WHERE layout IS NOT NULL "
+        "AND name IN (SELECT suite FROM member) ORDER BY last_run, suite_id"
+    ).fetchall():
+        layout, earlier = Layout.from_json(text), layouts.get(name, Layout())
+        layouts[name] = Layout({**earlier.roles, **layout.roles}, layout.views, layout.runs)
+    return layouts
+
+
 def plan(con: duckdb.DuckDBPyConnection, suites: Sequence[str],
-         declared: Mapping[str, ResultColumns]
+         declared: Mapping[str, ResultColumns], roles: Mapping[str, str] | None = None
          ) -> tuple[SiteData, dict[str, list[tuple[str, str]]]]:
     """Which boards, suites and hardware groups the site has, where every page goes, and
     each run's leaderboards: all run pages need, so they can start before aggregation.
 
     ``declared`` maps a scenario to its columns; a board gets those of its runs' scenarios.
+    ``roles`` maps a method to the role it declares, for the suites whose layout the
+    store does not keep (written before stores kept layouts).
     """
     known = [n for (n,) in con.execute("SELECT DISTINCT name FROM suites ORDER BY 1").fetchall()]
     unknown = sorted(set(suites) - set(known))
@@ -278,7 +305,8 @@ def plan(con: duckdb.DuckDBPyConnection, suites: Sequence[str],
         for name, runs, gpus, cpus, torch, drivers, envs in con.execute(_HARDWARE_SQL).fetchall()
     ]
     data = SiteData(list(boards.values()), suite_info, hardware,
-                    {s: declared[s] for s in sorted(used)})
+                    {s: declared[s] for s in sorted(used)}, stored_layouts(con),
+                    dict(roles or {}))
     _plan_paths(data)
     links: dict[str, list[tuple[str, str]]] = defaultdict(list)
     targets = {key: (" · ".join(key), f"../{board.path}") for key, board in boards.items()}
@@ -332,7 +360,12 @@ def aggregate(con: duckdb.DuckDBPyConnection, data: SiteData) -> None:
     for (row_id, suite, task, hardware, model, method, version, params, basis, keys, seeds,
          statuses, errors, finished) in con.execute(_ROWS_SQL).fetchall():
         board = boards[(suite, task, hardware)]
-        row = Row(model, method, version, params, basis, keys, seeds, statuses, errors)
+        layout = data.layouts.get(suite)
+        if layout is None:
+            role = data.method_roles.get(method)
+        else:
+            role = next((layout.roles[k] for k in keys if k in layout.roles), None)
+        row = Row(model, method, version, params, basis, keys, seeds, statuses, errors, role)
         board.rows.append(row)
         if finished and (board.last_update is None or finished > board.last_update):
             board.last_update = finished

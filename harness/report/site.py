@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import resources
@@ -16,13 +16,23 @@ from harness import __version__
 from harness.api import STATUSES
 from harness.columns import ResultColumns
 from harness.report.names import when
-from harness.report.query import ReportError, SiteData, aggregate, plan, stored_columns
+from harness.report.paper import PaperTable, latex, markdown, paper_board, paper_view
+from harness.report.query import (
+    Board,
+    Column,
+    ReportError,
+    SiteData,
+    aggregate,
+    plan,
+    stored_columns,
+)
 from harness.report.render import paused_gc, templates
 from harness.report.runs import RunJob, render_runs, start_pool
 from harness.report.tables import board_context, write_downloads
+from harness.report.views import ViewTable, view_tables
 from harness.store import connect_readonly
 
-__all__ = ["MARKER", "SiteSummary", "build_site"]
+__all__ = ["MARKER", "SiteSummary", "build_site", "export_tables"]
 
 #: Written into every site folder; a folder without it is never emptied by a rebuild.
 MARKER = ".harness-site"
@@ -75,6 +85,7 @@ def build_site(
     suites: Sequence[str] = (),
     workers: int | None = None,
     columns: Mapping[str, ResultColumns] | None = None,
+    roles: Mapping[str, str] | None = None,
 ) -> SiteSummary:
     """Render the store ``db`` into the static site folder ``out``.
 
@@ -83,22 +94,25 @@ def build_site(
     (default: one per CPU for large stores, none for small ones). ``columns`` are scenarios'
     declarations (e.g. of the installed plugins) for scenarios whose declaration the store
     does not keep (a store written before stores kept them); the store's own come first.
+    ``roles`` likewise maps methods to their declared roles, for suites stored without
+    a layout.
     """
     started = time.perf_counter()
     with paused_gc():
-        summary = _build(str(db), Path(out), title, suites, workers, columns or {})
+        summary = _build(str(db), Path(out), title, suites, workers, columns or {},
+                         roles or {})
     return replace(summary, seconds=time.perf_counter() - started)
 
 
 def _build(db: str, out: Path, title: str, suites: Sequence[str], workers: int | None,
-           columns: Mapping[str, ResultColumns]) -> SiteSummary:
+           columns: Mapping[str, ResultColumns], roles: Mapping[str, str]) -> SiteSummary:
     con = connect_readonly(db)
     pool = None
     try:
         (runs,) = con.execute("SELECT count(*) FROM runs").fetchone()
         pool = start_pool(db, runs, workers)  # workers start up while DuckDB plans
         try:
-            data, links = plan(con, suites, {**columns, **stored_columns(con)})
+            data, links = plan(con, suites, {**columns, **stored_columns(con)}, roles)
             _reset(out)
             _copy_static(out)
             keys = sorted(links)
@@ -112,10 +126,11 @@ def _build(db: str, out: Path, title: str, suites: Sequence[str], workers: int |
             # writes the leaderboards and the index.
             pending = [pool.submit(render_runs, job) for job in jobs] if pool else []
             aggregate(con, data)
+            views = view_tables(con, data)
         finally:
             con.close()
         common = {"site_title": title, "version": __version__}
-        summaries = _write_boards(data, out, common)
+        summaries = _write_boards(data, views, out, common)
         _write_index(data, out, summaries, common, len(keys))
         run_pages = sum(f.result() for f in pending) if pool else sum(map(render_runs, jobs))
     finally:
@@ -128,21 +143,42 @@ def _build(db: str, out: Path, title: str, suites: Sequence[str], workers: int |
     )
 
 
-def _write_boards(data: SiteData, out: Path, common: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each leaderboard page with its CSV and JSON; returns what the index says of them."""
+def _contexts(data: SiteData) -> Iterator[tuple[Board, dict[str, Any], list[Column]]]:
+    """Each board with its page's context and its value columns."""
     suite_by_name = {s["name"]: s for s in data.suites}
     suite_models: dict[str, set[str]] = defaultdict(set)
     for board in data.boards:
         suite_models[board.suite].update(row.model for row in board.rows)
+    for board in data.boards:
+        yield board, *board_context(board, data.boards, suite_models, suite_by_name[board.suite])
+
+
+def _write_paper(folder: Path, stem: str, table: PaperTable) -> None:
+    """``stem.tex`` (booktabs) and ``stem.md`` beside a page's CSV."""
+    (folder / f"{stem}.tex").write_text(latex(table), encoding="utf-8")
+    (folder / f"{stem}.md").write_text(markdown(table), encoding="utf-8")
+
+
+def _write_boards(data: SiteData, views: dict[tuple[str, str], list[ViewTable]], out: Path,
+                  common: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each leaderboard page with its downloads (CSV, JSON, LaTeX, Markdown) and its
+    suite's views on its hardware; returns what the index says of the boards."""
     template = templates().get_template("leaderboard.html")
     summaries = []
-    for board in data.boards:
-        context, columns = board_context(board, data.boards, suite_models,
-                                          suite_by_name[board.suite])
+    written: set[tuple[str, str]] = set()
+    for board, context, columns in _contexts(data):
         folder = (out / board.path).parent
         folder.mkdir(exist_ok=True)
-        (out / board.path).write_text(template.render(**common, **context), encoding="utf-8")
-        write_downloads(board, columns, folder, context["csv"].removesuffix(".csv"))
+        group = views.get((board.suite, board.hardware), [])
+        if (board.suite, board.hardware) not in written:
+            written.add((board.suite, board.hardware))
+            for view in group:
+                _write_paper(folder, view.stem, paper_view(view))
+        stem = context["csv"].removesuffix(".csv")
+        (out / board.path).write_text(template.render(**common, **context, views=group),
+                                      encoding="utf-8")
+        write_downloads(board, columns, folder, stem)
+        _write_paper(folder, stem, paper_board(context))
         summaries.append({
             "suite": board.suite, "task": board.task, "hardware": board.hardware,
             "path": board.path, "configs": len(board.rows), "counts": context["counts"],
@@ -167,7 +203,8 @@ def _write_index(data: SiteData, out: Path, summaries: list[dict[str, Any]],
 
 
 def _leader(context: dict[str, Any]) -> dict[str, str] | None:
-    """The top row of a board for the index: its label and first-column value."""
+    """The top ranked row of a board for the index (never a reference or bound): its label
+    and first-column value."""
     rows, primary = context["rows"], context["primary"]
     if not rows or primary is None or rows[0].basis != "ok" or not rows[0].cells[0][1]:
         return None
@@ -178,3 +215,38 @@ def _leader(context: dict[str, Any]) -> dict[str, str] | None:
     return {"label": label, "metric": primary.label,
             "value": " ".join(p for p in (text, ci, unit) if p)}
 
+
+
+def export_tables(db: str | Path, *, latex_dir: str | Path | None = None,
+                  markdown_dir: str | Path | None = None, suites: Sequence[str] = (),
+                  columns: Mapping[str, ResultColumns] | None = None,
+                  roles: Mapping[str, str] | None = None) -> list[Path]:
+    """Write every leaderboard and view as LaTeX (booktabs) and/or Markdown, in the site's
+    folder layout (``SUITE/TASK-HARDWARE.tex``); returns the files written.
+
+    ``columns`` and ``roles`` stand in for what an older store does not keep, as in
+    :func:`build_site`.
+    """
+    con = connect_readonly(str(db))
+    try:
+        data, _ = plan(con, suites, {**(columns or {}), **stored_columns(con)}, roles)
+        aggregate(con, data)
+        views = view_tables(con, data)
+    finally:
+        con.close()
+    tables: list[tuple[str, PaperTable]] = []
+    for board, context, _ in _contexts(data):
+        tables.append((board.path.removesuffix(".html"), paper_board(context)))
+    folders = {board.suite: board.path.rsplit("/", 1)[0] for board in data.boards}
+    for (suite, _), group in views.items():
+        tables += [(f"{folders[suite]}/{view.stem}", paper_view(view)) for view in group]
+    written = []
+    for target, render, suffix in ((latex_dir, latex, ".tex"), (markdown_dir, markdown, ".md")):
+        if target is None:
+            continue
+        for name, table in tables:
+            path = Path(target) / f"{name}{suffix}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render(table), encoding="utf-8")
+            written.append(path)
+    return written

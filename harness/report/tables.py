@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.api import STATUSES
+from harness.api import ROLES, STATUSES
 from harness.columns import CORE_COSTS
 from harness.report.names import first_line, params_items, params_text, run_page, when
-from harness.report.numbers import ci95, fmt, fmt_mean
-from harness.report.plots import pareto_plots
+from harness.report.numbers import ci95, fmt, fmt_delta, fmt_mean
+from harness.report.plots import pareto_plots, row_label
 from harness.report.query import Agg, Board, Column, Row, latency_interval
 
 __all__ = ["board_context", "write_downloads"]
@@ -45,7 +45,9 @@ def _columns(board: Board) -> tuple[list[Column], list[tuple[str, str]]]:
     costs_by_key = {c.key: c for c in (*CORE_COSTS, *board.columns.costs)}
     order = list(costs_by_key)
     phases = Counter((c[0], c[2]) for c in seen)
-    costs = sorted((c for c in seen if c[0] in costs_by_key),
+    # A training cost (trainable params) belongs to scenarios whose methods train.
+    costs = sorted((c for c in seen if c[0] in costs_by_key
+                    and not (costs_by_key[c[0]].training and board.columns.trains is False)),
                    key=lambda c: (order.index(c[0]), c[1]))
     columns, missing, keys = [], [], set()
     for column in (*quality, *costs):
@@ -82,27 +84,48 @@ def _better(column: Column, value: float) -> float:
     return -value if column.higher_is_better else value
 
 
+#: Where rows of each role are pinned, above the ranked rows (role None).
+_ROLE_RANK = {**{role: i for i, role in enumerate(ROLES)}, None: len(ROLES)}
+
+
 def _order(board: Board, columns: list[Column]) -> None:
-    """Pre-sort rows: ok rows first, then by the first column, best first (nulls last)."""
+    """Pre-sort rows: references and bounds pinned first, then ok rows, then by the first
+    column, best first (nulls last)."""
     primary = columns[0] if columns else None
     basis_rank = {"ok": 0, "invalid": 1, None: 2}
 
     def key(row: Row) -> tuple:
         agg = row.cells.get(primary.id) if primary else None
         value = agg.mean if agg and agg.mean is not None and math.isfinite(agg.mean) else None
-        return (basis_rank[row.basis], value is None,
+        return (_ROLE_RANK[row.role], basis_rank[row.basis], value is None,
                 _better(primary, value) if value is not None else 0.0,
                 row.model, row.method, row.params)
 
     board.rows.sort(key=key)
 
 
+def _ranked(row: Row) -> bool:
+    """Whether a row competes: ok seeds and no role (a reference or bound never wins)."""
+    return row.basis == "ok" and row.role is None
+
+
+def _references(board: Board) -> dict[str, Row]:
+    """Per model, the row the others are compared with: its ok ``reference`` row, else its
+    ok ``upper-bound`` row (the first in table order)."""
+    found: dict[str, Row] = {}
+    for role in ("reference", "upper-bound"):
+        for row in board.rows:
+            if row.role == role and row.basis == "ok" and row.model not in found:
+                found[row.model] = row
+    return found
+
+
 def _best(board: Board, columns: list[Column]) -> dict[tuple[str, str, str, str], float]:
-    """The best mean per column among rows whose seeds are ok (invalid rows never win)."""
+    """The best mean per column among ranked rows (invalid rows and references never win)."""
     best: dict[tuple[str, str, str, str], float] = {}
     for column in columns:
         values = [row.cells[column.id].mean for row in board.rows
-                  if row.basis == "ok" and column.id in row.cells
+                  if _ranked(row) and column.id in row.cells
                   and row.cells[column.id].mean is not None
                   and math.isfinite(row.cells[column.id].mean)]
         if values:
@@ -121,6 +144,7 @@ _RunLink = tuple[int, str, str, str]
 @dataclass(slots=True)
 class _RowView:
     method: str
+    role: str
     version: str
     model: str
     params: str
@@ -156,7 +180,7 @@ def _ties(board: Board, columns: list[Column], best: dict) -> dict[tuple, set[in
         if column.id[0] not in _TIMED or column.id not in best:
             continue
         phase = column.id[1]
-        ok = [row for row in board.rows if row.basis == "ok" and column.id in row.cells]
+        ok = [row for row in board.rows if _ranked(row) and column.id in row.cells]
         leader = next((row for row in ok if row.cells[column.id].mean == best[column.id]), None)
         bounds = latency_interval(leader, phase) if leader is not None else None
         if bounds is None:
@@ -169,7 +193,8 @@ def _ties(board: Board, columns: list[Column], best: dict) -> dict[tuple, set[in
     return ties
 
 
-def _cell(row: Row, column: Column, best: float | None, seeds: int, tied: bool) -> Cell:
+def _cell(row: Row, column: Column, best: float | None, seeds: int, tied: bool,
+          reference: Row | None) -> Cell:
     agg = row.cells.get(column.id)
     if agg is None or agg.mean is None:
         reason = agg.reason if agg else "not recorded for this configuration"
@@ -185,13 +210,18 @@ def _cell(row: Row, column: Column, best: float | None, seeds: int, tied: bool) 
         bounds = latency_interval(row, column.id[1])
         if bounds is not None and agg.mean:
             notes.append(f"median CI ±{(bounds[1] - bounds[0]) / 2 / agg.mean:.1%}")
+    against = reference.cells.get(column.id) if reference is not None else None
+    if against is not None and against.mean is not None:
+        delta = fmt_delta(agg.mean, against.mean, column.unit, column.quality)
+        if delta:
+            notes.insert(0, delta)
     leads = best is not None and agg.mean == best
     cls = "num best" if leads else "num tie" if tied else "num"
     return (cls, repr(agg.mean), text, ci_text, unit, " · ".join(notes), "")
 
 
 def _row_view(row: Row, columns: list[Column], best: dict, ties: dict[tuple, set[int]],
-              show_version: bool) -> _RowView:
+              show_version: bool, reference: Row | None) -> _RowView:
     counts = Counter(row.statuses)
     seeds = counts.get(row.basis, 0) if row.basis else 0
     errors = [first_line(error) for error in row.errors]
@@ -199,6 +229,7 @@ def _row_view(row: Row, columns: list[Column], best: dict, ties: dict[tuple, set
                       if status != "ok")
     return _RowView(
         method=row.method,
+        role=(row.role or "").replace("-", " "),
         version=row.version if show_version else "",
         model=row.model,
         params=params_text(row.params),
@@ -213,9 +244,12 @@ def _row_view(row: Row, columns: list[Column], best: dict, ties: dict[tuple, set
               for key, seed, status, error
               in zip(row.run_keys, row.seeds, row.statuses, errors, strict=True)],
         run_keys=" ".join(row.run_keys),
-        # Only rows averaged over ok seeds compete for best (invalid ones never win).
-        cells=[_cell(row, c, best.get(c.id) if row.basis == "ok" else None, seeds,
-                     id(row) in ties.get(c.id, ())) for c in columns],
+        # Only ranked rows compete for best (invalid ones and references never win), and
+        # only they are compared with the reference.
+        cells=[_cell(row, c, best.get(c.id) if _ranked(row) else None, seeds,
+                     id(row) in ties.get(c.id, ()),
+                     reference if row.role is None and reference is not row else None)
+               for c in columns],
     )
 
 
@@ -229,7 +263,9 @@ def board_context(board: Board, boards: list[Board], suite_models: dict[str, set
     for row in board.rows:
         versions[row.method].add(row.version)
     show_model = len(suite_models[board.suite]) > 1
-    rows = [_row_view(row, columns, best, ties, len(versions[row.method]) > 1)
+    references = _references(board)
+    rows = [_row_view(row, columns, best, ties, len(versions[row.method]) > 1,
+                      references.get(row.model))
             for row in board.rows]
     statuses = Counter(s for row in board.rows for s in row.statuses)
     identity = [("method", "str", "asc"), *([("model", "str", "asc")] if show_model else []),
@@ -246,13 +282,18 @@ def board_context(board: Board, boards: list[Board], suite_models: dict[str, set
         "suite": suite,
         "show_model": show_model,
         "headers": headers,
-        "rows": rows,
+        # References and bounds in their own body above the ranked rows (sorting a
+        # column reorders only the ranked ones).
+        "pinned": [r for r in rows if r.role],
+        "rows": [r for r in rows if not r.role],
         "missing": missing,
         "primary": primary,
+        "references": sorted({row_label(r, show_model) for r in references.values()}),
         "counts": [(s, statuses[s]) for s in STATUSES if statuses.get(s)],
         "runs": sum(statuses.values()),
         "last_update": when(board.last_update),
         "siblings": [b for b in boards if (b.suite, b.task) == (board.suite, board.task)],
+        "stem": stem,
         "csv": f"{stem}.csv",
         "json": f"{stem}.json",
         "plots": pareto_plots(board, columns, show_model),
@@ -283,7 +324,7 @@ def _board_records(board: Board, columns: list[Column]) -> list[dict[str, Any]]:
                                       "n": agg.n}
         records.append({
             "model": row.model, "method": row.method, "method_version": row.version,
-            "params": json.loads(row.params), "basis": row.basis,
+            "params": json.loads(row.params), "role": row.role, "basis": row.basis,
             "statuses": {s: counts.get(s, 0) for s in STATUSES},
             "values": values,
             "runs": [{"run_key": k, "seed": s, "status": st, **({"error": e} if e else {})}
@@ -307,7 +348,7 @@ def write_downloads(board: Board, columns: list[Column], folder: Path, stem: str
     with open(folder / f"{stem}.csv", "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["suite", "task", "hardware", "model", "method", "method_version",
-                         "params", "basis", *STATUSES,
+                         "params", "role", "basis", *STATUSES,
                          *(f"{c.key}_{part}" for c in columns
                            for part in ("mean", "ci95", "n", "unit")),
                          "run_keys"])
@@ -315,7 +356,7 @@ def write_downloads(board: Board, columns: list[Column], folder: Path, stem: str
             writer.writerow([
                 board.suite, board.task, board.hardware, record["model"], record["method"],
                 record["method_version"], json.dumps(record["params"], sort_keys=True),
-                record["basis"] or "", *record["statuses"].values(),
+                record["role"] or "", record["basis"] or "", *record["statuses"].values(),
                 *(value for c in columns for value in (
                     _csv_number(record["values"][c.key]["mean"]),
                     _csv_number(record["values"][c.key]["ci95"]),

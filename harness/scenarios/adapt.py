@@ -44,6 +44,7 @@ from pydantic import Field
 
 from harness.api import CostColumn, CostPlot, Params, QualityColumn, ResultColumns, RunContext
 from harness.probes.timing import LoopTimer, record_latency, summarize
+from harness.scenarios import adapt_protocol
 from harness.scenarios.adapt_protocol import load_task_state, save_task_state
 
 if TYPE_CHECKING:
@@ -68,20 +69,27 @@ class AdaptTaskParams(Params):
     """A task's split sizes and the suite's training recipe (shared by every method)."""
 
     train: int = Field(800, gt=0)
+    """Training images (class-balanced)."""
     val: int = Field(200, gt=0)
-    #: Test images; ``None`` keeps every image left over (tasks built from a fixed pool).
+    """Validation images, on which the best epoch is picked."""
     test: int | None = Field(None, gt=0)
-    #: Side of the images the task renders or loads (the model resizes them to its own size).
+    """Test images; null keeps every image left over (tasks built from a fixed pool)."""
     size: int = Field(32, ge=8)
+    """Side in pixels of the images the task renders or loads (the model resizes them)."""
     split_seed: int = 0
+    """Seed of the images and their split, the same for every run seed and method."""
     epochs: int = Field(20, gt=0)
+    """Training epochs over the train split."""
     batch_size: int = Field(64, gt=0)
+    """Training batch size, in images."""
     weight_decay: float = Field(1e-4, ge=0)
-    #: Fraction of the training steps spent warming the learning rate up linearly.
+    """AdamW weight decay."""
     warmup: float = Field(0.1, ge=0, lt=1)
+    """Fraction of the training steps spent warming the learning rate up linearly."""
     eval_batch: int = Field(256, gt=0)
-    #: Mixed precision for training and inference (CUDA); ``none`` computes in the model dtype.
+    """Batch size of evaluation and of the inference throughput timing, in images."""
     autocast: Literal["none", "bfloat16", "float16"] = "none"
+    """Mixed precision for training and inference (CUDA); none computes in the model dtype."""
 
 
 class _Generated:
@@ -119,10 +127,12 @@ class RenderedParams(AdaptTaskParams):
     """Procedural tasks render as many test images as asked."""
 
     test: int = Field(1000, gt=0)
+    """Test images rendered."""
 
 
 class ShapesCountParams(RenderedParams):
     max_count: int = Field(6, ge=2)
+    """Most objects in an image; the classes are the counts 1 to max_count."""
 
 
 class ShapesCount(_Generated):
@@ -136,6 +146,7 @@ class ShapesCount(_Generated):
 
 class ShapesPositionParams(RenderedParams):
     grid: int = Field(3, ge=2)
+    """Cells per side of the grid; the classes are its grid x grid cells."""
 
 
 class ShapesPosition(_Generated):
@@ -149,6 +160,7 @@ class ShapesPosition(_Generated):
 
 class ShapesOrientationParams(RenderedParams):
     bins: int = Field(8, ge=2)
+    """Angle bins the full turn is cut into, one class each."""
 
 
 class ShapesOrientation(_Generated):
@@ -162,7 +174,9 @@ class ShapesOrientation(_Generated):
 
 class ImageFolderParams(AdaptTaskParams):
     path: str
+    """Local folder with one sub-folder of images per class (the class names)."""
     grayscale: bool = True
+    """Convert images to one grayscale channel; false keeps 3 RGB channels."""
 
 
 class ImageFolder:
@@ -183,15 +197,20 @@ class ImageFolder:
 
 
 class HFImagesParams(AdaptTaskParams):
-    #: A hub id, a builder such as ``imagefolder`` (with ``data_dir``), or a saved directory.
     dataset: str
+    """A hub id, a builder such as imagefolder (with data_dir), or a saved directory."""
     split: str = "train"
-    #: VTAB's protocol: test on this split (``test`` of its images; all with ``None``).
+    """Split that train and val are drawn from (and test too, without test_split)."""
     test_split: str | None = None
+    """VTAB's protocol: test on this split; null tests on the rest of split."""
     data_dir: str | None = None
+    """data_dir passed to datasets.load_dataset (for builders such as imagefolder)."""
     image_column: str = "image"
+    """Column holding the images."""
     label_column: str = "label"
+    """Column holding the class labels."""
     grayscale: bool = True
+    """Convert images to one grayscale channel; false keeps 3 RGB channels."""
 
 
 class HFImages:
@@ -285,6 +304,8 @@ class AdaptScenario:
         "inference latency and throughput"
     )
     method_protocol = ("attach", "task_state", "load_task_state")
+    #: The method contract (``harness show scenario adapt``): the protocol module's docstring.
+    contract = adapt_protocol.__doc__
     model_kinds = ("image-classification",)
     columns = ResultColumns(
         quality=(QualityColumn("accuracy", higher_is_better=True),
@@ -292,6 +313,7 @@ class AdaptScenario:
         # What a method costs to keep per task: the file it saves.
         costs=(CostColumn("storage", "storage", "storage_bytes", "bytes"),),
         plots=(CostPlot("storage", "Quality vs storage", "bytes stored", "storage bytes"),),
+        trains=True,
     )
 
     def run(self, ctx: RunContext) -> None:

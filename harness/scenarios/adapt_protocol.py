@@ -17,8 +17,27 @@ provides
 * ``load_task_state(model, state, params) -> None`` — the inverse, on a model fresh from
   ``attach``: after it, that model must predict exactly what the trained one does.
 
-``params`` is the run's method params as a mapping; every adapt method's schema derives from
-:class:`AdaptParams`, so it carries the learning rate.
+When: ``attach`` is called in the ``attach`` phase on the backbone (on ``ctx.device``), after
+the scenario seeded torch with the run's seed and initialised the head; the scenario then
+trains, evaluates, takes ``task_state`` of the trained model (saved in the ``store`` phase)
+and rebuilds the task model outside any phase: ``attach`` again on a fresh copy of the
+backbone (torch seeded with the run's seed + 1), ``task_state`` of that copy as the template,
+then ``load_task_state``. So ``attach`` must
+build the same structure every time, and a figure recorded in ``attach`` or ``task_state``
+is recorded twice.
+
+``params`` is a plain ``dict``, the same for every call: the run's method params from the
+suite, validated by the method's ``params`` schema with its defaults filled in, as JSON
+values (a tuple field arrives as a list). ``YourParams(**params)`` gives the typed object.
+Every adapt method's schema derives from :class:`AdaptParams`: the scenario reads its ``lr``.
+
+``ctx`` (:class:`harness.api.RunContext`, passed to ``attach``): a method may use
+``ctx.device``, ``ctx.spec`` (``seed``, ``model``), ``ctx.cache_dir`` (what it builds once
+and reuses) and ``ctx.recorder.record(phase, metric, value, unit)`` for figures of its own;
+it raises :class:`harness.api.Unsupported` for a run this machine can't do. The rest is the
+scenario's: phases and timing (``ctx.phase``, ``ctx.time``), parameter counts, validity, the
+task and its splits (``ctx.task``), the training loop, optimizer and schedule, and the
+figures it records (trainable parameters are counted from ``requires_grad``).
 
 Storage: the scenario writes ``task_state`` with :func:`save_task_state` — all tensors' bytes
 in one safetensors tensor, in the order the method gives them — and records the file's size.
@@ -59,6 +78,7 @@ class AdaptParams(Params):
     """
 
     lr: float = Field(1e-3, gt=0)
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from harness.api import CostColumn, CostPlot, Params, QualityColumn, ResultColumns, RunContext
+from harness.scenarios import continual_protocol
 
 if TYPE_CHECKING:
     import torch
@@ -80,31 +81,47 @@ class ContinualTaskParams(Params):
     """
 
     tasks: int = Field(5, ge=2)
+    """Tasks the classes are split into, equally many classes each."""
     setting: Literal["class-incremental", "task-incremental"] = "class-incremental"
+    """class-incremental predicts among all classes seen; task-incremental is told the task."""
     epochs: int = Field(5, ge=1)
+    """Epochs over each task's training set (1: the online, single-pass setting)."""
     batch_size: int = Field(10, ge=1)
+    """Training batch size, in examples."""
     features: Literal["backbone", "pixels"] = "backbone"
+    """Inputs: the model's CLS features (backbone) or standardized raw pixels (pixels)."""
     train_backbone: bool = False
+    """Train the backbone with the head instead of freezing it (needs features: backbone)."""
     eval_split: Literal["test", "val"] = "test"
+    """Split evaluated on; val chooses learning rates without touching the test set."""
 
 
 class SplitDigitsParams(ContinualTaskParams):
     """Split sizes of scikit-learn's 1,797 digits (the defaults use all of them)."""
 
     train: int = Field(957, ge=1)
+    """Training images."""
     val: int = Field(300, ge=0)
+    """Validation images."""
     test: int = Field(540, ge=1)
+    """Test images."""
 
 
 class SplitShapesParams(ContinualTaskParams):
     """Which procedural task of :mod:`harness.data.images` is split, its canvas and sizes."""
 
     tasks: int = Field(4, ge=2)
+    """Tasks the classes are split into, equally many classes each."""
     kind: Literal["orientation", "position", "count"] = "orientation"
+    """Procedural task: arrow angle bins (8), disk grid cell (9) or object count (6)."""
     size: int = Field(32, ge=8)
+    """Side of the rendered images, in pixels."""
     train: int = Field(800, ge=1)
+    """Training images rendered."""
     val: int = Field(200, ge=0)
+    """Validation images rendered."""
     test: int = Field(1000, ge=1)
+    """Test images rendered."""
 
 
 class SplitImagesParams(ContinualTaskParams):
@@ -115,15 +132,25 @@ class SplitImagesParams(ContinualTaskParams):
     """
 
     source: str
+    """A local folder with one sub-folder of images per class, or hf:NAME for an HF dataset."""
     size: int = Field(32, ge=8)
+    """Side in pixels the images are resized to."""
     grayscale: bool = True
+    """Convert images to one grayscale channel; false keeps 3 RGB channels."""
     train: int = Field(800, ge=1)
+    """Training images (class-balanced)."""
     val: int = Field(200, ge=0)
+    """Validation images."""
     test: int | None = Field(None, ge=1)
+    """Test images; null keeps every image left over."""
     split: str = "train"
+    """hf: split that train and val are drawn from (and test too, without test_split)."""
     test_split: str | None = None
+    """hf: split to test on (VTAB's protocol); null tests on the rest of split."""
     image_column: str = "image"
+    """hf: column holding the images."""
     label_column: str = "label"
+    """hf: column holding the class labels."""
 
 
 class SplitDigits:
@@ -273,6 +300,9 @@ class ContinualScenario:
         "accuracy matrix, buffer bytes, train time and peak memory"
     )
     method_protocol = ("make_learner",)
+    #: The method contract (``harness show scenario continual``): the protocol module's
+    #: docstring.
+    contract = continual_protocol.__doc__
     model_kinds = ("base",)
     columns = ResultColumns(
         quality=(QualityColumn("accuracy", higher_is_better=True),),
@@ -280,6 +310,7 @@ class ContinualScenario:
         costs=(CostColumn("buffer", "memory buffer", "buffer_bytes", "bytes"),),
         plots=(CostPlot("buffer", "Quality vs memory buffer", "bytes of the learner's memory",
                         "buffer bytes"),),
+        trains=True,
     )
 
     def run(self, ctx: RunContext) -> None:

@@ -27,6 +27,25 @@ not over repeated epochs. ``buffer_bytes()`` says how many bytes the learner kee
 the model (a replay buffer's stored tensors: inputs, labels, logits), to be compared at equal
 budgets.
 
+``make_learner`` is called once per run, outside any phase, once the model is built on
+``ctx.device`` (torch was seeded with the run's seed when the run began); ``begin_task``,
+``observe`` and ``end_task`` run inside the ``train`` phase (its time and peak memory are the
+training's), and ``buffer_bytes()`` is read once, after the stream. ``x`` and ``y`` arrive
+on ``ctx.device``.
+
+``params`` is not a dict here: it is the method's ``params`` schema object,
+``ctx.method.params(**ctx.spec.params)`` — the run's method params from the suite,
+validated, defaults filled in, read as attributes (``params.lr``). There is no common base
+schema: the learning rate, if any, is the method's own field.
+
+``ctx`` (:class:`harness.api.RunContext`): a method may use ``ctx.device``, ``ctx.spec.seed``
+(for a learner's own generator: sampling a memory), ``ctx.cache_dir`` and
+``ctx.recorder.record(phase, metric, value, unit)`` for figures of its own; it raises
+:class:`harness.api.Unsupported` for a run this machine can't do. The rest is the
+scenario's: phases and timing (``ctx.phase``, ``ctx.time``), parameter counts, validity, the
+task and its data (``ctx.task``: a learner sees only what ``observe`` gives it), the
+evaluation, and the figures it records.
+
 Evaluation uses :meth:`ContinualModel.forward` (logits over every class) on snapshots of the
 model taken after each task; the scenario masks them to the seen classes (class-incremental)
 or to one task's classes (task-incremental, and the within-task accuracy).

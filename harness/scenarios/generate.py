@@ -9,9 +9,10 @@ the method's own decoder. Quality and cost come from the same calls:
   depth bin as stats ``depth_NN``); ``latency`` samples and statistics and median
   ``throughput`` (tokens/s) of ``prefill`` (one sample per episode), ``first_token`` (the
   question and the first step) and ``decode`` (one sample per later token: ms/token);
-  ``kv`` bytes resident on the device, held in host memory, and those of a full cache of the
-  same tokens at the model's dtype; the method's own counters (``decode``), e.g.
-  host→device bytes per token;
+  ``kv`` bytes resident on the device (what the cache allocates there), held in host memory,
+  and those of a full cache of the same tokens at the model's dtype, and ``resident_ratio``,
+  the first over the last, whose unit names that reference (``× bf16 full cache``); the
+  method's own counters (``decode``), e.g. host→device bytes per token;
 * then one more call on the first episode with every probe around its ``prefill`` and
   ``decode`` halves: peak VRAM (or host RSS) and energy per phase, energy per decoded token.
 
@@ -47,6 +48,7 @@ from harness.api import (
 )
 from harness.probes.bandwidth import weight_bytes_per_token
 from harness.probes.timing import TimingResult, record_latency
+from harness.scenarios import kv_protocol
 from harness.scenarios.kv_protocol import (
     Decoder,
     GreedyDecoder,
@@ -83,10 +85,15 @@ class RetrievalParams(Params):
     """
 
     context_len: int = Field(1024, ge=32)
+    """Context length in tokens (bos, haystack and needles; the question comes after it)."""
     depth_bins: int = Field(10, ge=1)
+    """Equal-width depth bins over the context; exact match is also reported per bin."""
     per_bin: int = Field(5, ge=1)
+    """Episodes per depth bin (``depth_bins × per_bin`` episodes in all)."""
     template: Literal["markers", "natural"] = "markers"
+    """Prompt format: ``markers`` (tiny-llama-retrieval's tokens) or ``natural`` English."""
     digits: int = Field(5, ge=1, le=32)
+    """Random digits in each hidden value (the answer to retrieve)."""
 
 
 class NeedleParams(RetrievalParams):
@@ -96,15 +103,20 @@ class NeedleParams(RetrievalParams):
     ``test`` is the part held out from training (``train`` the rest)."""
 
     haystack: str = "stdlib"
+    """Haystack text: ``stdlib`` source, a UTF-8 text file path, or ``hf:ID`` (a dataset)."""
     haystack_split: str = "test"
+    """Split: ``test`` (held out from training) or ``train``; any split name for ``hf:``."""
     haystack_field: str = "text"
+    """Column of an ``hf:`` dataset whose rows are joined into the haystack; else unused."""
     max_bytes: int = Field(1 << 21, gt=0)
+    """Most bytes of haystack text read and tokenized (shorter haystacks repeat)."""
 
 
 class KVRecallParams(NeedleParams):
     """``pairs`` key→value needles at independent depths; the question asks for one."""
 
     pairs: int = Field(4, ge=1, le=8)
+    """Key→value needles in the context, each at its own depth; the question asks for one."""
 
 
 class DecodeThroughputParams(Params):
@@ -112,8 +124,11 @@ class DecodeThroughputParams(Params):
     times (a fresh cache each)."""
 
     prompt_len: int = Field(1024, ge=2)
+    """Random prompt length in tokens (the last one is fed as the question)."""
     new_tokens: int = Field(64, ge=2)
+    """Greedy tokens decoded after the prompt, per episode (no early stop at EOS)."""
     repeats: int = Field(3, ge=1)
+    """Episodes: seeded random prompts, each with a fresh cache."""
 
 
 def _episode_rng(task: str, params: Params, seed: int) -> random.Random:
@@ -293,13 +308,19 @@ class GenerateScenario:
         "prefill time, decode ms/token, KV bytes on device and host, per-phase memory and energy"
     )
     method_protocol = ("make_cache",)
+    #: The method contract (``harness show scenario generate``): the protocol module's docstring.
+    contract = kv_protocol.__doc__
     model_kinds = ("causal-lm",)
     columns = ResultColumns(
         quality=(QualityColumn("exact_match", higher_is_better=True, breakdown="depth_"),),
-        # The memory KV-cache methods are about: what stays on the compute device.
-        costs=(CostColumn("kv_resident", "KV resident", "resident_bytes", "bytes"),),
+        # The memory KV-cache methods are about: what stays on the compute device, in bytes
+        # and as a share of a full cache, whose recorded unit names the full cache's dtype.
+        costs=(CostColumn("kv_resident", "KV resident", "resident_bytes", "bytes"),
+               CostColumn("kv_share", "KV resident, share of full cache", "resident_ratio",
+                          "× <dtype> full cache")),
         plots=(CostPlot("kv_resident", "Quality vs KV resident",
                         "KV bytes resident on the device", "KV bytes"),),
+        trains=False,
     )
 
     def run(self, ctx: RunContext) -> None:
@@ -318,7 +339,8 @@ class GenerateScenario:
         episodes = task.data(
             task_params, ctx.spec.seed, tokenizer=tokenizer, config=model.config
         )
-        element_size = next(model.parameters()).element_size()
+        element_size = model.dtype.itemsize
+        reference = f"× {_dtype_name(model.dtype)} full cache"
         clock = _TokenClock(ctx.device)
 
         def new_decoder() -> tuple[Decoder, Any]:
@@ -383,7 +405,7 @@ class GenerateScenario:
         recorder.record("kv", "resident_bytes", resident, "bytes")
         recorder.record("kv", "host_bytes", host, "bytes")
         recorder.record("kv", "full_cache_bytes", full, "bytes")
-        recorder.record("kv", "resident_ratio", resident / full if full else None, "x")
+        recorder.record("kv", "resident_ratio", resident / full if full else None, reference)
         for name, (value, unit) in totals.items():
             recorder.record("decode", name, value, unit)
             recorder.record("decode", f"{name}_per_token", value / generated, f"{unit}/token")
@@ -423,6 +445,11 @@ class GenerateScenario:
         else:
             per_token = energy / len(episode.answer_ids)
             ctx.recorder.record("decode", "energy_per_item", per_token, "J/token")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """``bf16``, ``fp16``, ``fp32``…: the full cache's precision as a reader names it."""
+    return str(dtype).removeprefix("torch.").replace("bfloat", "bf").replace("float", "fp")
 
 
 def _depth_bin(depth: float, params: RetrievalParams) -> str:

@@ -12,9 +12,11 @@ A KV-cache method provides
 
 The cache a method returns may also report, and the scenario records when it does:
 
-* ``resident_bytes() -> int`` — bytes of KV state held on the compute device (packed codes,
-  scales, residual windows, prefetch buffers: everything the method keeps there). Without it
-  the scenario sums the ``keys``/``values`` tensors of the cache's layers on the device;
+* ``resident_bytes() -> int`` — bytes of KV state allocated on the compute device (packed
+  codes, scales, residual windows at the dtype they are kept in, fetched-row buffers:
+  everything the method holds there between steps), counting a buffer grown in place at its
+  capacity, not the rows in use (:func:`allocated_bytes` counts tensors so). Without it the
+  scenario counts the ``keys``/``values`` tensors of the cache's layers on the device;
 * ``host_bytes() -> int`` — bytes of KV state kept off the device in host memory;
 * ``counters() -> Mapping[str, tuple[float, str]]`` — additive totals over the cache's life,
   name → (value, unit), e.g. host→device bytes copied. The scenario sums them over episodes
@@ -26,6 +28,32 @@ turn summed counters into ratios (e.g. a hit rate from hits and lookups).
 Positions: a cache that evicts or compresses must report the number of tokens it has *seen*
 from ``get_seq_length()`` (transformers derives position ids and the prompt slice from it),
 and ``(physical + q_len, seen - physical)`` from ``get_mask_sizes``.
+
+When: ``make_cache`` (and ``make_decoder``, when the method has it) is called for every
+generate call: once for an untimed warm-up, once per episode inside the ``eval`` phase
+(before the clock starts: building the cache is in no prefill or decode sample), and once
+more for the probed call on the first episode, whose ``prefill`` and ``decode`` phases carry
+peak memory and energy. The model is the suite's causal LM as loaded (on ``ctx.device``,
+frozen; torch seeded with the run's seed). After each episode the scenario reads the
+cache's ``resident_bytes()`` and ``host_bytes()`` (the maximum over episodes is recorded)
+and its ``counters()`` (summed over the episodes, not the warm-up or the probed call);
+``derived_metrics`` is called once, on those totals, when there are any.
+
+``params`` is a plain ``dict``, the same for every call: the run's method params from the
+suite, validated by the method's ``params`` schema with its defaults filled in, as JSON
+values (a tuple field arrives as a list). ``YourParams(**params)`` gives the typed object.
+There is no common base schema.
+
+``ctx`` (:class:`harness.api.RunContext`): a method may use ``ctx.device``, ``ctx.spec``
+(``seed``, ``model``), ``ctx.cache_dir``, ``ctx.load_tokenizer()`` and
+``ctx.recorder.record(phase, metric, value, unit)`` for fixed figures of its own — but not
+from ``make_cache``, ``make_decoder`` or the cache, which run once per call (a figure
+recorded there repeats): per-call figures are the cache's ``counters()``, turned into
+ratios by ``derived_metrics``. It raises :class:`harness.api.Unsupported` for a run this
+machine can't do (e.g. offloading without CUDA). The rest is the scenario's: phases and
+timing (``ctx.phase``, ``ctx.time``), parameter counts, validity (decode samples are checked
+against the suite's measure rules), the task and its episodes and answers (``ctx.task``),
+and the figures it records (scores, latencies, KV bytes).
 """
 
 from __future__ import annotations
@@ -36,7 +64,14 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Decoder", "GreedyDecoder", "cache_counters", "kv_full_bytes", "resident_kv_bytes"]
+__all__ = [
+    "Decoder",
+    "GreedyDecoder",
+    "allocated_bytes",
+    "cache_counters",
+    "kv_full_bytes",
+    "resident_kv_bytes",
+]
 
 
 @runtime_checkable
@@ -96,21 +131,37 @@ class GreedyDecoder:
         return torch.cat(tokens, dim=1)[0].tolist() if tokens else []
 
 
+def allocated_bytes(*tensors: torch.Tensor | None) -> int:
+    """Bytes allocated behind ``tensors`` (None skipped): each distinct storage once and
+    whole, since a view keeps all of its base allocated and views of one buffer share it."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        storage = tensor.untyped_storage()
+        key = (str(tensor.device), storage.data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+    return total
+
+
 def resident_kv_bytes(cache: Any, device: str) -> int:
     """Bytes of KV state the cache holds on ``device``: its own figure when it reports one,
-    else the ``keys``/``values`` tensors of its layers that live there."""
+    else what the ``keys``/``values`` tensors of its layers that live there allocate."""
     if hasattr(cache, "resident_bytes"):
         return int(cache.resident_bytes())
     import torch
 
     target = torch.device(device)
-    total = 0
-    for layer in getattr(cache, "layers", ()):
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
-            if isinstance(tensor, torch.Tensor) and tensor.device.type == target.type:
-                total += tensor.numel() * tensor.element_size()
-    return total
+    tensors = [
+        tensor
+        for layer in getattr(cache, "layers", ())
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
+        if isinstance(tensor, torch.Tensor) and tensor.device.type == target.type
+    ]
+    return allocated_bytes(*tensors)
 
 
 def kv_full_bytes(config: Any, tokens: int, element_size: int) -> int:

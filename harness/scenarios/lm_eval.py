@@ -24,6 +24,23 @@ Methods (one of these protocols, or both of the first two):
   then scored in its ``inference`` form with the task's BPE tokenizer. The suite's model is
   then an ``hf-config:`` shape.
 
+``apply`` runs in the ``apply`` phase on the loaded model (on ``ctx.device``, torch seeded
+with the run's seed); ``storage_bytes`` right after it; ``make_cache`` inside the ``eval``
+phase, once per generation call and, with ``score_chunk``, per scoring forward (so it must be
+cheap, and a figure recorded there is recorded every time); ``build`` and ``inference`` as
+:mod:`harness.scenarios.lm_train_protocol` says. Every one gets the same ``params``: a plain
+``dict``, the run's method params from the suite validated by the method's ``params`` schema
+with its defaults filled in, as JSON values (a tuple field arrives as a list);
+``YourParams(**params)`` gives the typed object. There is no common base schema.
+
+``ctx`` (:class:`harness.api.RunContext`): a method may use ``ctx.device``, ``ctx.spec``
+(``seed``, ``model``), ``ctx.cache_dir``, ``ctx.load_tokenizer()`` and
+``ctx.recorder.record(phase, metric, value, unit)`` for figures of its own; it raises
+:class:`harness.api.Unsupported` for a run this machine can't do. The rest is the
+scenario's: phases and timing (``ctx.phase``, ``ctx.time``), parameter counts, validity, the
+task (``ctx.task``: lm-eval's documents are the evaluation), and the scores and figures it
+records.
+
 Task ``lm_eval``: ``tasks`` (lm-eval task or group names), ``num_fewshot``, ``limit``,
 ``batch_size``, ``generate_batch_size`` (1 keeps left padding out of a KV method's cache),
 ``max_length``, ``add_bos_token`` (lm-eval's model argument: false for a tokenizer that
@@ -190,6 +207,8 @@ class LMEvalScenario:
         "transformed, or its KV cache in generation), beside time per request and tokens/s"
     )
     method_protocol = ()
+    #: The method contract (``harness show scenario lm_eval``): this module's docstring.
+    contract = globals()["__doc__"]
     model_kinds = ("causal-lm", "config")
     columns = ResultColumns(
         costs=(
@@ -200,6 +219,7 @@ class LMEvalScenario:
             CostColumn("storage", "storage", "storage_bytes", "bytes"),
         ),
         plots=(CostPlot("storage", "Quality vs storage", "bytes stored", "storage bytes"),),
+        trains=False,
     )  # fmt: skip
 
     def run(self, ctx: RunContext) -> None:

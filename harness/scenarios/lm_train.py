@@ -75,6 +75,7 @@ from harness.api import (
 )
 from harness.models.recipes import adamw, build_once, recipe_hash, warmup_cosine
 from harness.probes.timing import LoopTimer, record_latency, summarize
+from harness.scenarios import lm_train_protocol
 from harness.scenarios.lm_train_protocol import parameter_bytes
 from harness.scenarios.perplexity import token_windows, total_nll
 
@@ -109,12 +110,19 @@ class LMTaskParams(Params):
     ``batch_size`` × ``seq_len`` tokens) and how the trained model is measured."""
 
     seq_len: int = Field(128, ge=2)
+    """Tokens per training sequence and per held-out evaluation window."""
     batch_size: int = Field(16, gt=0)
+    """Sequences per training step (and windows per evaluation forward)."""
     steps: int = Field(300, gt=0)
+    """Training steps: the token budget is steps x batch_size x seq_len."""
     eval_windows: int = Field(64, gt=0)
+    """Non-overlapping held-out windows of seq_len tokens scored, drawn by the seed."""
     prompt_len: int = Field(32, gt=0)
+    """Prompt tokens of the timed prefill."""
     new_tokens: int = Field(16, gt=0)
+    """Greedy tokens per timed decode call."""
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32], min_length=1)
+    """Batch sizes at which prefill and decode are timed."""
 
 
 class StdlibLMParams(LMTaskParams):
@@ -125,10 +133,15 @@ class StdlibLMParams(LMTaskParams):
     bytes and 3 specials) is trained on the train split."""
 
     source: str = "stdlib"
+    """stdlib (Python standard-library source), a UTF-8 file's path, or hf:DATASET."""
     max_bytes: int = Field(1 << 21, gt=0)
+    """Most bytes of text read for each of the train and held-out splits."""
     vocab_size: int = Field(2048, ge=259)
+    """Vocabulary of the byte-level BPE trained on the train split (at least 256 bytes + 3)."""
     hf_split: str = "train"
+    """hf: the dataset split whose text is joined and split 90/10."""
     hf_field: str = "text"
+    """hf: the column holding the text."""
 
 
 def _hf_text(name: str, split: str, field: str) -> str:
@@ -226,6 +239,9 @@ class LMTrainScenario:
         "memory, host→device bytes per token and prefill/decode latency"
     )
     method_protocol = ("build",)
+    #: The method contract (``harness show scenario lm_train``): the protocol module's
+    #: docstring.
+    contract = lm_train_protocol.__doc__
     model_kinds = ("config",)
     columns = ResultColumns(
         quality=(
@@ -243,6 +259,7 @@ class LMTrainScenario:
             CostPlot("active_params", "Quality vs active parameters",
                      "parameters active per token", "active parameters"),
         ),
+        trains=True,
     )  # fmt: skip
 
     def run(self, ctx: RunContext) -> None:

@@ -28,8 +28,29 @@ A method provides
   measures another method's trained model in another form names that method). Without it
   the method's own name, version and params.
 
-``params`` is the run's method params as a mapping; every method's schema derives from
-:class:`LMTrainParams`, so it carries the learning rate.
+When: ``build`` is called once per run, outside any phase, after the scenario seeded torch
+with the run's seed, on the suite's config (its vocabulary set to the task's tokenizer); the
+model is then trained in the ``train`` phase, or, when the cache holds a model an equal
+recipe trained, that model's state dict is loaded into it and nothing trains (so ``build``
+must give the same parameters, by name and shape, every time, and nothing may depend on
+having trained in this process). ``trained_as`` is called to make the recipe;
+``active_params`` once the model is trained; ``inference`` in the ``derive_inference`` phase,
+on the trained model in eval mode. The ``lm_eval`` scenario pretrains such a method's model
+the same way.
+
+``params`` is a plain ``dict``, the same for every call: the run's method params from the
+suite, validated by the method's ``params`` schema with its defaults filled in, as JSON
+values (a tuple field arrives as a list). ``YourParams(**params)`` gives the typed object.
+Every method's schema derives from :class:`LMTrainParams`: the scenario reads its ``lr``.
+
+``ctx`` (:class:`harness.api.RunContext`, passed to ``build`` and ``inference``): a method may
+use ``ctx.device`` (where ``build`` puts the model), ``ctx.spec`` (``seed``, ``model``),
+``ctx.cache_dir`` and ``ctx.recorder.record(phase, metric, value, unit)`` for figures of its
+own (fixed figures of the inference form are better returned by its ``figures()``); it
+raises :class:`harness.api.Unsupported` for a run this machine can't do. The rest is the
+scenario's: phases and timing (``ctx.phase``, ``ctx.time``), parameter counts, validity, the
+task and its data (``ctx.task``), the training loop, optimizer and schedule, the trained
+model cache, and the figures it records.
 
 What the scenario records from these: held-out loss, bits per token and perplexity; training
 tokens/s and ms/step; total, active-per-token and trainable parameters; bytes resident on
@@ -57,6 +78,7 @@ class LMTrainParams(Params):
     warmup then cosine decay over the task's step budget)."""
 
     lr: float = Field(3e-3, gt=0)
+    """Peak AdamW learning rate (linear warm-up, then cosine decay over the step budget)."""
 
 
 @dataclass

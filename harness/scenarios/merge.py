@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from harness.api import CostColumn, CostPlot, Params, QualityColumn, ResultColumns, RunContext
+from harness.scenarios import merge_protocol
 
 if TYPE_CHECKING:
     import torch
@@ -41,14 +42,23 @@ class MergeTaskParams(Params):
     """A downstream image task's split sizes and how its head is fine-tuned."""
 
     train: int = Field(800, gt=0)
+    """Training images, on which the linear head is fine-tuned."""
     val: int = Field(200, gt=0)
+    """Validation images split off (set aside; the scenario does not score them)."""
     test: int | None = Field(None, gt=0)
+    """Test images; null: every image left over, or 1000 for a rendered task."""
     size: int = Field(32, ge=8)
+    """Side in pixels of the rendered images (the model resizes them)."""
     split_seed: int = 0
+    """Seed of the images and their split, the same for every run seed and method."""
     head_steps: int = Field(300, gt=0)
+    """Full-batch AdamW steps fine-tuning the head on the frozen backbone's features."""
     head_lr: float = Field(1e-2, gt=0)
+    """Learning rate of the head's fine-tuning."""
     weight_decay: float = Field(1e-4, ge=0)
+    """AdamW weight decay of the head's fine-tuning."""
     eval_batch: int = Field(256, gt=0)
+    """Images per evaluation batch, and the batch of the throughput timing."""
 
 
 class _MergeTask:
@@ -61,9 +71,9 @@ class _MergeTask:
     def data(self, p: MergeTaskParams, seed: int, **inputs: Any) -> ImageSplits:
         from harness.data import images
 
-        return getattr(images, self.builder)(
-            p.split_seed, p.size, train=p.train, val=p.val, test=p.test
-        )
+        # null: the builder's own default (every image left over, or a rendered task's count).
+        sizes = {"train": p.train, "val": p.val, **({"test": p.test} if p.test else {})}
+        return getattr(images, self.builder)(p.split_seed, p.size, **sizes)
 
 
 class MergeDigits(_MergeTask):
@@ -110,6 +120,8 @@ class MergeScenario:
         "test accuracy beside images/s, single-image latency and FLOPs per image"
     )
     method_protocol = ()
+    #: The method contract (``harness show scenario merge``): the protocol module's docstring.
+    contract = merge_protocol.__doc__
     model_kinds = ("image-classification",)
     columns = ResultColumns(
         quality=(QualityColumn("accuracy", higher_is_better=True),),
@@ -119,6 +131,7 @@ class MergeScenario:
         ),
         plots=(CostPlot("throughput", "Accuracy vs throughput", "images/s", "throughput"),
                CostPlot("flops", "Accuracy vs FLOPs", "FLOPs per image", "FLOPs per image")),
+        trains=True,
     )  # fmt: skip
 
     def run(self, ctx: RunContext) -> None:

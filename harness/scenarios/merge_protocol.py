@@ -18,7 +18,28 @@ fine-tuned on the backbone's features at one merge ratio, and the model is then 
   (optional) — what the method adds to every downstream model, counted and stored (none
   without them).
 
-``model`` is the ``ViTForImageClassification`` with ToMe installed; ``ctx`` the run context.
+``model`` is the ``ViTForImageClassification`` (on ``ctx.device``, frozen, in eval mode)
+with the scenario's ToMe installed, and its fine-tuned head as ``classifier``. When:
+``head_ratio`` before the head is fine-tuned; ``transform`` in the ``transform`` phase, once
+the head is trained, with ToMe at the head's ratio — after it the scenario sets ``r_tgt`` on
+its ToMe, so a method leaves that installed (and does not install another on ``model``);
+``added_params`` and ``storage_bytes`` after evaluation, on the model ``transform`` returned.
+
+``params`` is a plain ``dict``, the same for every call: the run's method params from the
+suite, validated by the method's ``params`` schema with its defaults filled in, as JSON
+values (a tuple field arrives as a list). ``YourParams(**params)`` gives the typed object.
+Every merge method's schema derives from :class:`MergeParams`: the scenario reads its
+``r_src`` and ``r_tgt``.
+
+``ctx`` (:class:`harness.api.RunContext`, passed to ``transform``): a method may use
+``ctx.device``, ``ctx.spec`` (``seed``, ``model``), ``ctx.cache_dir`` (through
+:func:`build_cached`), ``ctx.load_model("image-classification")`` for a fresh copy of the
+backbone to work on (its pretraining head intact; loading it records a ``load`` phase of its
+own) and ``ctx.recorder.record(phase, metric, value, unit)`` for figures of its own (a
+compensator's training loss); it raises :class:`harness.api.Unsupported` for a run this
+machine can't do. The rest is the scenario's: phases and timing (``ctx.phase``,
+``ctx.time``), validity, the downstream task and its data (``ctx.task``), the head's
+fine-tuning, and the figures it records.
 
 Services for a method that trains something of its own on the backbone (a compensator):
 :func:`token_merging` (ToMe on a model, its ratio settable), :func:`pretraining_batches`

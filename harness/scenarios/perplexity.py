@@ -11,6 +11,25 @@ Protocol:
 * task — its params schema has ``seq_len``, ``windows`` and ``batch_size``, and
   ``data(params, seed) -> str`` gives the held-out text (no inputs).
 
+The method's side, in detail:
+
+* ``apply`` is called once, in the ``apply`` phase (its time and peak memory are recorded),
+  on the causal LM as the suite's model entry loads it (on ``ctx.device``, torch seeded with
+  the run's seed); the model it returns is the one scored and timed. ``storage_bytes`` is
+  called after scoring, on that model: the bytes the method's form of the weights takes to
+  store (``compression_ratio`` is the loaded model's parameter bytes over it).
+* ``params`` is a plain ``dict``, the same for both calls: the run's method params from the
+  suite, validated by the method's ``params`` schema with its defaults filled in, as JSON
+  values (a tuple field arrives as a list). ``YourParams(**params)`` gives the typed object.
+* ``ctx`` (:class:`harness.api.RunContext`): a method may use ``ctx.device``, ``ctx.spec``
+  (``seed``, ``model``), ``ctx.cache_dir`` (what it builds once and reuses, keyed by what it
+  depends on), ``ctx.load_tokenizer()``, and ``ctx.recorder.record(phase, metric, value,
+  unit)`` for figures of its own (e.g. ``model``/``weight_sparsity``); it raises
+  :class:`harness.api.Unsupported` for a run this machine can't do. The rest is the
+  scenario's: phases and timing (``ctx.phase``, ``ctx.time``), parameter counts, validity
+  (``recorder.mark_invalid``), the task and its held-out text (``ctx.task``), and the
+  figures it records.
+
 Text is scored in ``windows`` non-overlapping windows of ``seq_len`` tokens, drawn by the
 run's seed; every token but a window's first is predicted from the tokens before it.
 Perplexity depends on the tokenizer; bits per byte (total loss in bits over the UTF-8 bytes
@@ -44,15 +63,20 @@ class TextTaskParams(Params):
     """What every ``perplexity`` task's params have: window length, count and batch size."""
 
     seq_len: int = Field(128, ge=2)
+    """Tokens per scored window."""
     windows: int = Field(16, gt=0)
+    """Non-overlapping held-out windows scored, drawn by the run's seed."""
     batch_size: int = Field(8, gt=0)
+    """Windows per forward pass, when scoring and in the timed forward."""
 
 
 class StdlibTextParams(TextTaskParams):
     """``source`` is ``stdlib`` or a UTF-8 text file; at most ``max_bytes`` are tokenized."""
 
     source: str = "stdlib"
+    """stdlib (held-out Python standard-library files) or a UTF-8 file's path (its last 10 %)."""
     max_bytes: int = Field(1 << 20, gt=0)
+    """Most bytes of held-out text read and tokenized."""
 
 
 class StdlibText:
@@ -161,6 +185,8 @@ class PerplexityScenario:
         "weights, with storage bytes and forward latency of the same model"
     )
     method_protocol = ("apply", "storage_bytes")
+    #: The method contract (``harness show scenario perplexity``): this module's docstring.
+    contract = globals()["__doc__"]
     model_kinds = ("causal-lm",)
     columns = ResultColumns(
         # Bits per byte first: unlike perplexity it compares models with other tokenizers.
@@ -171,6 +197,7 @@ class PerplexityScenario:
                CostColumn("compression", "compression ratio", "compression_ratio", "x",
                           higher_is_better=True)),
         plots=(CostPlot("storage", "Quality vs storage", "bytes stored", "storage bytes"),),
+        trains=False,
     )
 
     def run(self, ctx: RunContext) -> None:

@@ -47,6 +47,7 @@ from harness.api import (
     RunContext,
     Unsupported,
 )
+from harness.scenarios import vqa_protocol
 
 if TYPE_CHECKING:
     import torch
@@ -133,6 +134,8 @@ class VQAScenario:
         "answer exact match beside training step time, prefill and decode latency"
     )
     method_protocol = ("connect",)
+    #: The method contract (``harness show scenario vqa``): the protocol module's docstring.
+    contract = vqa_protocol.__doc__
     model_kinds = ("causal-lm",)
     columns = ResultColumns(
         quality=(QualityColumn("accuracy", higher_is_better=True, breakdown="kind_"),),
@@ -146,6 +149,7 @@ class VQAScenario:
             CostPlot("latency", "Accuracy vs latency", "latency (ms)", "a latency"),
             CostPlot("prefill_flops", "Accuracy vs prefill FLOPs", "FLOPs", "prefill FLOPs"),
         ),
+        trains=True,
     )
 
     def run(self, ctx: RunContext) -> None:

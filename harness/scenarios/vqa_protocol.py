@@ -22,9 +22,29 @@ A connector has two calls:
   positions to the LM's sequence (visual tokens in the input) adds them to the mask itself,
   and only on the prefill (empty cache).
 
-``params`` is the run's method params as a mapping; every vqa method's schema derives from
-:class:`VQAMethodParams` (its learning rate), and a method that feeds the LM visual tokens
-from :class:`VisualParams` (how many: the encoder's patch grid pooled to ``visual_tokens``).
+When: ``connect`` is called outside any phase, after the scenario seeded torch with the run's
+seed, on the LM and encoder frozen, in eval mode, on ``ctx.device``; the connector then
+trains in the ``train`` phase (the scenario's AdamW over its ``requires_grad`` parameters,
+and it checks afterwards that the LM and the encoder did not change) and answers in the
+``eval`` phase. What trains is stored by parameter name; unless the task's ``check_reload``
+is off, ``connect`` is called once more on freshly loaded models and that state is loaded
+into the new connector, which must answer the same: ``connect`` builds the same structure
+every time, and a figure recorded there is recorded twice.
+
+``params`` is a plain ``dict``, the same for every call: the run's method params from the
+suite, validated by the method's ``params`` schema with its defaults filled in, as JSON
+values (a tuple field arrives as a list). ``YourParams(**params)`` gives the typed object.
+Every vqa method's schema derives from :class:`VQAMethodParams` (the scenario reads its
+``lr``), and a method that feeds the LM visual tokens from :class:`VisualParams` (how many:
+the encoder's patch grid pooled to ``visual_tokens``).
+
+``ctx`` (:class:`harness.api.RunContext`, passed to ``connect``): a method may use
+``ctx.device``, ``ctx.spec`` (``seed``, ``model``), ``ctx.cache_dir``, ``ctx.load_tokenizer()``
+and ``ctx.recorder.record(phase, metric, value, unit)`` for figures of its own; it raises
+:class:`harness.api.Unsupported` for a run this machine can't do. The rest is the
+scenario's: phases and timing (``ctx.phase``, ``ctx.time``), parameter counts, validity, the
+task and its questions (``ctx.task``), the training loop and the decoding, and the figures it
+records.
 
 Services: :func:`patch_features` (the encoder's patch tokens pooled to ``n``) and
 :func:`position_ids` (RoPE positions that skip left padding).

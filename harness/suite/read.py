@@ -31,6 +31,7 @@ TOP_KEYS = (
     "methods",
     "seeds",
     "exclude",
+    "views",
     "measure",
     "limits",
     "executor",

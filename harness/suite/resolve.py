@@ -15,15 +15,16 @@ import itertools
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from harness.api import RESERVED_MODEL_KEYS, MeasureSettings, MemoryLimit, RunSpec
+from harness.api import RESERVED_MODEL_KEYS, ROLES, MeasureSettings, MemoryLimit, RunSpec
 from harness.canonical import canonical_json, describe
 from harness.executors import EXECUTORS, Placement, RaySettings, Resources, SlurmSettings
+from harness.layout import Layout
 from harness.registry import Components, RegistryError, did_you_mean
 from harness.suite.checker import (
     Loc,
@@ -41,6 +42,7 @@ from harness.suite.checker import (
 from harness.suite.exclude import apply_excludes, read_excludes
 from harness.suite.keys import run_config, run_key
 from harness.suite.read import TOP_KEYS, SuiteFile
+from harness.suite.views import read_views
 
 #: Worker isolation modes (``isolation:``): reuse a worker process, or a fresh one per run.
 ISOLATIONS = ("worker", "run")
@@ -48,7 +50,7 @@ ISOLATIONS = ("worker", "run")
 DEFAULT_TIMEOUT_S = 1800.0
 
 TASK_KEYS = ("name", "params")
-METHOD_KEYS = ("name", "params", "grid")
+METHOD_KEYS = ("name", "params", "grid", "role")
 LIMIT_KEYS = ("timeout", "memory")
 MAX_SEED = 2**32 - 1
 
@@ -78,6 +80,8 @@ class Suite:
     warnings: tuple[SuiteIssue, ...]
     #: How many runs of the full matrix ``exclude`` removed.
     excluded: int
+    #: The leaderboard's roles and views (kept in the store with the suite).
+    layout: Layout = field(default_factory=Layout)
 
 
 @dataclass
@@ -89,6 +93,7 @@ class _Variant:
     plugin: str
     params: dict[str, Any]
     loc: Loc
+    role: str | None = None
 
 
 def resolve_suite(
@@ -146,6 +151,7 @@ def resolve_suite(
     excludes = read_excludes(checker)
 
     runs: list[RunSpec] = []
+    roles: dict[str, str] = {}
     origins: dict[str, tuple[Loc, ...]] = {}
     for (model, model_loc), (task, task_params, task_loc), variant, (seed, seed_loc) in (
         itertools.product(models, tasks, variants, seeds)
@@ -174,6 +180,8 @@ def resolve_suite(
             _duplicate(checker, origins[key], locs)
             continue
         origins[key] = locs
+        if variant.role is not None:
+            roles[key] = variant.role
         runs.append(RunSpec(
             run_key=key,
             suite=name,
@@ -196,6 +204,9 @@ def resolve_suite(
     kept = runs
     if matrix_complete and excludes:
         kept = apply_excludes(checker, runs, excludes)
+    # Views are checked against the runs, so only once the matrix is sound.
+    views = (read_views(checker, kept, getattr(scenario, "columns", None))
+             if matrix_complete and kept else ())
     checker.raise_if_any()
     return Suite(
         name=name,
@@ -211,6 +222,8 @@ def resolve_suite(
         runs=tuple(kept),
         excluded=len(runs) - len(kept),
         warnings=tuple(checker.warnings),
+        layout=Layout({s.run_key: roles[s.run_key] for s in kept if s.run_key in roles},
+                      views, tuple(s.run_key for s in kept) if views else ()),
     )
 
 
@@ -642,6 +655,7 @@ def _methods(
                               f"{quoted(missing)}, which scenario '{scenario_name}' needs (its "
                               f"method protocol: {', '.join(protocol)})")
                 continue
+        role = _role(checker, method, mapping, loc)
         fixed = _params_mapping(checker, mapping, loc, "params")
         grid = _params_mapping(checker, mapping, loc, "grid")
         schema = _schema(checker, method, name_loc, f"method '{name}'", plugin)
@@ -692,11 +706,31 @@ def _methods(
                 ok = False
                 continue
             entry_variants.append(
-                _Variant(name, version, plugin, params.model_dump(mode="json"), loc)
+                _Variant(name, version, plugin, params.model_dump(mode="json"), loc, role)
             )
         if ok:
             variants.extend(entry_variants)
     return variants
+
+
+def _role(checker: SuiteChecker, method: Any, entry: dict[str, Any] | None,
+          loc: Loc) -> str | None:
+    """The entry's ``role`` (null: a contender), else the one the method declares."""
+    if entry is None or "role" not in entry:
+        role = getattr(method, "role", None)
+        if role is not None and role not in ROLES:
+            checker.error(loc, f"method '{method.name}' declares role {describe(role)}, not "
+                          f"one of {quoted(ROLES)}; this is a bug in its plugin")
+            return None
+        return role
+    role = entry["role"]
+    if role is not None and role not in ROLES:
+        message = f"expected one of {quoted(ROLES)} or null (a contender), got {describe(role)}"
+        if isinstance(role, str):
+            message += did_you_mean(role, list(ROLES))
+        checker.error((*loc, "role"), message)
+        return None
+    return role
 
 
 def _schema(

@@ -21,18 +21,21 @@ class LRParams(Params):
     """Plain SGD's learning rate (features have norm about 1, so useful values are 0.1-30)."""
 
     lr: float = Field(10.0, gt=0)
+    """Plain SGD learning rate."""
 
 
 class FinetuneParams(LRParams):
     """Validation picked the top of the grid (an unstable regime a little above the floor)."""
 
     lr: float = Field(30.0, gt=0)
+    """Plain SGD learning rate."""
 
 
 class JointParams(LRParams):
     """Joint training's validation-selected learning rate."""
 
     lr: float = Field(1.0, gt=0)
+    """Plain SGD learning rate."""
 
 
 class ReplayParams(LRParams):
@@ -40,15 +43,20 @@ class ReplayParams(LRParams):
     per step (drawn without replacement from the eligible buffer examples)."""
 
     buffer: int = Field(20, ge=1)
+    """Memory budget: examples the reservoir buffer holds."""
     replay_batch_size: int = Field(10, ge=1)
+    """Buffer examples replayed per step (without replacement, from the eligible ones)."""
 
 
 class DERPPParams(ReplayParams):
     """``alpha`` weighs the logit-matching MSE, ``beta`` the replayed labels' cross-entropy."""
 
     lr: float = Field(3.0, gt=0)
+    """Plain SGD learning rate."""
     alpha: float = Field(0.3, ge=0)
+    """Weight of the MSE between current and stored logits of a replay batch."""
     beta: float = Field(0.5, ge=0)
+    """Weight of the cross-entropy on a second replay batch's labels."""
 
 
 class TaERParams(ReplayParams):
@@ -58,9 +66,13 @@ class TaERParams(ReplayParams):
     ``uniform`` over old-task buffer examples or ``class_balanced``."""
 
     lr: float = Field(1.0, gt=0)
+    """Plain SGD learning rate."""
     detach: Literal["both", "current"] = "both"
+    """Detach old tasks' head rows in the current and replay losses (both) or current only."""
     weight: Literal["old_tasks", "one"] = "old_tasks"
+    """Replay loss multiplier: the number of old tasks (old_tasks) or 1 (one)."""
     sampling: Literal["uniform", "class_balanced"] = "uniform"
+    """Replay draw: uniform over old-task buffer examples, or a class first (class_balanced)."""
 
 
 class _ContinualMethod:
@@ -85,6 +97,7 @@ class Finetune(_ContinualMethod):
     """
 
     name = "finetune"
+    role = "lower-bound"
     description = "fine-tuning on each task in turn, no memory (lower bound)"
     params = FinetuneParams
     learner = "FinetuneLearner"
@@ -101,6 +114,7 @@ class Joint(_ContinualMethod):
     """
 
     name = "joint"
+    role = "upper-bound"
     description = "joint training on every example seen so far, same epochs (upper bound)"
     params = JointParams
     learner = "JointLearner"

@@ -1,8 +1,9 @@
 """KV-cache methods: what a decoder keeps of its past keys and values, for ``generate``.
 
 Each method gives the ``generate`` scenario a fresh transformers ``Cache`` per generate call
-(``make_cache``; see :mod:`harness.scenarios.kv_protocol`) and reports the KV bytes it keeps
-on the device (``resident_bytes``), so quality, speed and memory are measured together:
+(``make_cache``; see :mod:`harness.scenarios.kv_protocol`) and reports the KV bytes it
+allocates on the device (``resident_bytes``: buffers at their capacity, not the rows in use),
+so quality, speed and memory are measured together:
 
 * ``full`` — transformers' ``DynamicCache``: the reference;
 * ``offload`` — transformers' layer-wise CPU offloading of the full cache (CUDA only);

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
+from harness.scenarios.kv_protocol import allocated_bytes
+
 if TYPE_CHECKING:
     import torch
 
@@ -26,7 +28,8 @@ __all__ = [
 
 
 def tensor_bytes(tensor: torch.Tensor | None) -> int:
-    """Bytes of ``tensor`` at its own dtype (0 for None)."""
+    """Bytes of ``tensor``'s own elements at its dtype (0 for None): what a copy of it moves.
+    What it keeps allocated is :func:`~harness.scenarios.kv_protocol.allocated_bytes`."""
     return 0 if tensor is None else tensor.numel() * tensor.element_size()
 
 
@@ -118,7 +121,7 @@ class EvictingLayer:
         self.seen = 0
 
     def resident_bytes(self) -> int:
-        return tensor_bytes(self.keys) + tensor_bytes(self.values)
+        return allocated_bytes(self.keys, self.values)
 
 
 def budget_tokens(budget: float, prefill: int) -> int:

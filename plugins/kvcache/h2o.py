@@ -20,9 +20,11 @@ Choices made here:
   ``make_cache`` switches the model to the dispatching attention of :mod:`.attention`; with
   any other cache that attention is transformers' sdpa, unchanged.
 
-Resident bytes once more than ``heavy + recent`` tokens were seen, at ``s`` bytes per
-element: ``layers · kv_heads · (heavy + recent) · (2 · head_dim · s + 4)`` — a full cache of
-``heavy + recent`` tokens plus one float32 accumulated score per kept token and KV head.
+Resident bytes (allocated on the device) once more than ``heavy + recent`` tokens were seen,
+at ``s`` bytes per model element: ``layers · kv_heads · (heavy + recent) · (2 · head_dim · s +
+4)`` — a full cache of ``heavy + recent`` tokens plus one float32 accumulated score per kept
+token and KV head. Every step's eviction gathers the kept rows into tensors of exactly that
+size, so nothing is held beyond them.
 """
 
 from __future__ import annotations
@@ -33,16 +35,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from harness.api import Params, RunContext
+from harness.scenarios.kv_protocol import allocated_bytes
 
 from .attention import bind_layer, eager_attention, use_kv_attention
-from .common import (
-    EvictingLayer,
-    budget_tokens,
-    measured_cache,
-    num_layers,
-    tensor_bytes,
-    transformers_class,
-)
+from .common import EvictingLayer, budget_tokens, measured_cache, num_layers, transformers_class
 
 if TYPE_CHECKING:
     import torch
@@ -124,7 +120,7 @@ class H2OLayer(EvictingLayer):
         self.awaiting_attention = False
 
     def resident_bytes(self) -> int:
-        return super().resident_bytes() + tensor_bytes(self.scores)
+        return allocated_bytes(self.keys, self.values, self.scores)
 
 
 class H2OParams(Params):
@@ -135,8 +131,11 @@ class H2OParams(Params):
     """
 
     heavy: int = Field(128, ge=0)
+    """Heavy hitters kept per KV head: older tokens with the most accumulated attention."""
     recent: int = Field(128, ge=1)
+    """Most recent tokens always kept per KV head."""
     budget: float | None = Field(None, gt=0, le=1)
+    """Kept share of the prefill, split half heavy, half recent (replaces both); null: off."""
 
 
 class H2O:

@@ -21,16 +21,20 @@ Each step dequantizes the packed past and hands it to the model's own attention:
 resident is KIVI's, but the step holds a transient dequantized copy, and latency is not
 KIVI's (KIVI fuses dequantization into its attention kernels).
 
-Resident bytes per layer and KV head after ``T`` tokens, head dim ``D``, ``s`` bytes per
-full-precision element, ``Tk = g·⌊max(T − residual, 0) / g⌋`` quantized keys and
-``Tv = max(T − residual, 0)`` quantized values::
+Resident bytes — what the layer allocates on the device — per layer and KV head after ``T``
+tokens, head dim ``D``, ``s`` bytes per element of the model's dtype (the residual is kept in
+it), ``Tk = g·⌊max(T − residual, 0) / g⌋`` quantized keys and ``Tv = max(T − residual, 0)``
+quantized values::
 
     keys   = Tk·⌈D·bits/8⌉ + (Tk/g)·D·4 + (T − Tk)·D·s
     values = Tv·(⌈D·bits/8⌉ + ⌈D/g⌉·4) + (T − Tv)·D·s
 
 i.e. ``bits + 32/g`` bits per quantized element for both (KIVI-2bit g32: 3 bits, 5.3× less
 than fp16; 1-bit g32: 2 bits, 8×; 1-bit g64: 1.5 bits, 10.7×), plus the residual at full
-precision. Multiply by ``layers · kv_heads`` for the cache.
+precision. Multiply by ``layers · kv_heads`` for the cache. Nothing is preallocated: every
+flush concatenates the packed codes, scales and zeros, and clones what stays in the window,
+into tensors of exactly these sizes (the dequantized copy a step attends over is freed after
+it).
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from harness.api import Params, RunContext
+from harness.scenarios.kv_protocol import allocated_bytes
 
 from .common import EvictingLayer, measured_cache, num_layers, transformers_class
-from .quant import Packed, concat, dequantize, packed_bytes, quantize_keys, quantize_values
+from .quant import Packed, concat, dequantize, quantize_keys, quantize_values
 
 if TYPE_CHECKING:
     import torch
@@ -55,9 +60,13 @@ class KIVIParams(Params):
     """Bit width, quantization group size, full-precision residual window (tokens)."""
 
     bits: Literal[1, 2, 4, 8] = 2
+    """Bits per quantized K/V element (packed; plus an fp16 scale and zero per group)."""
     group_size: int = Field(32, gt=0)
+    """Tokens per key group (per channel) and channels per value group (per token)."""
     residual: int = Field(128, ge=0)
+    """Most recent tokens kept in full precision; older ones are quantized."""
     levels: Literal["minmax", "quartile"] = "minmax"
+    """Levels: ``minmax`` (KIVI) or ``quartile`` (1/4 and 3/4 of the range; bits=1 only)."""
 
     @model_validator(mode="after")
     def _quartile_is_one_bit(self) -> KIVIParams:
@@ -116,10 +125,9 @@ class KIVILayer(EvictingLayer):
         self.quantized_keys = self.quantized_values = None
 
     def resident_bytes(self) -> int:
-        quantized = sum(
-            packed_bytes(q) for q in (self.quantized_keys, self.quantized_values) if q is not None
-        )
-        return quantized + super().resident_bytes()
+        packed = (q for q in (self.quantized_keys, self.quantized_values) if q is not None)
+        stored = [t for q in packed for t in (q.codes, q.scale, q.zero)]
+        return allocated_bytes(self.keys, self.values, *stored)
 
 
 def _append(stored: Packed | None, chunk: Packed) -> Packed:

@@ -7,9 +7,10 @@ over PCIe. It is the baseline SpeCache compares its traffic against (k rows per 
 instead of whole layers). It needs a CUDA device: on CPU there is nothing to offload to, so the
 method raises ``Unsupported`` there.
 
-Reported: ``resident_bytes`` — the K/V tensors currently on the device (the layers prefetched
-or not yet offloaded); ``host_bytes`` — those in host memory; counter ``h2d_bytes`` — bytes the
-prefetches copied host→device (about the whole cache per decode step).
+Reported: ``resident_bytes`` — what the K/V tensors currently on the device allocate (the
+layers prefetched or not yet offloaded: a full cache's ``2 · kv_heads · head_dim · T · s``
+bytes per such layer); ``host_bytes`` — those in host memory; counter ``h2d_bytes`` — bytes
+the prefetches copied host→device (about the whole cache per decode step).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from harness.api import NoParams, RunContext, Unsupported
+from harness.scenarios.kv_protocol import allocated_bytes
 
-from .common import tensor_bytes, transformers_class
+from .common import transformers_class
 
 __all__ = ["Offload", "OffloadedCache"]
 
@@ -54,7 +56,7 @@ def _on_host(layer: Any) -> bool:
 
 
 def _layer_bytes(layer: Any) -> int:
-    return tensor_bytes(layer.keys) + tensor_bytes(layer.values) if layer.is_initialized else 0
+    return allocated_bytes(layer.keys, layer.values) if layer.is_initialized else 0
 
 
 class Offload:

@@ -60,15 +60,23 @@ after the fact) the speculative choice had; :meth:`SpeCache.derived_metrics` tur
 ``topk_hit_rate``. It costs one extra top-k and a ``k × k`` comparison per layer and step,
 accumulated on the device (turn it off for latency runs).
 
-Resident bytes per layer after ``T`` persisted tokens, ``Tq = g·⌊max(T − residual, 0) / g⌋``
-of them quantized, KV heads ``H``, head dim ``D``, ``s`` bytes per model element, ``b`` bits:
+Resident bytes — what a layer allocates on the device — after ``T`` persisted tokens,
+``Tq = g·⌊max(T − residual, 0) / g⌋`` of them quantized, KV heads ``H``, head dim ``D``, ``s``
+bytes per element of the model's dtype (the window and the fetched rows are kept in it),
+``b`` bits:
 
-    H · [2·Tq·⌈D·b/8⌉ + 4·(Tq/g)·D + 4·Tq·⌈D/g⌉      low-bit keys + values with fp16 stats
-         + 2·(T − Tq)·D·s                            full-precision residual
-         + k·(2·D·s + 8)]                            top-k K/V buffers and their indices
+    H · [2·C·⌈D·b/8⌉ + 4·(C/g)·D + 4·C·⌈D/g⌉      low-bit store: codes, fp16 scales and zeros
+         + 2·(T − Tq)·D·s                          full-precision residual window
+         + 2·topk·D·s + 8·k]                       fetched K/V buffers and their positions
 
-with ``k = topk`` once a fetch happened (``b = 16``: ``2·Tq·D·2`` for the 16-bit copy, no
-stats), and host bytes ``2·H·T·D·s``.
+``C`` is the low-bit store's capacity (``Tq`` ≤ ``C``), grown in place with headroom: when a
+flush brings it to ``L`` tokens that do not fit, ``C = g·⌈(L + max(4·g, ⌊L/8⌋)) / g⌉`` (0
+before anything is quantized). After a prefill of ``P`` tokens ``L = g·⌊max(P − residual, 0)
+/ g⌋``; decoding grows it again only once that headroom (at least four groups) is used up.
+The fetched buffers, allocated at the first fetch, hold ``topk`` rows per head; ``k``
+positions per head are fetched: ``topk``, or every candidate when fewer tokens are quantized
+(no fetch yet: neither term). ``b = 16``: ``2·C·D·2`` for the 16-bit copy, no stats. Host
+bytes: ``2·H·T·D·s``, the stored tokens' K/V.
 """
 
 from __future__ import annotations
@@ -81,6 +89,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from harness.api import Params, RunContext
+from harness.scenarios.kv_protocol import allocated_bytes
 
 from .attention import bind_layer, use_kv_attention
 from .common import MeasuredCache, num_layers, tensor_bytes, transformers_class
@@ -128,13 +137,21 @@ class SpeCacheParams(Params):
     """
 
     bits: Literal[1, 2, 4, 8, 16] = 1
+    """Bits of the resident copy: 1-8 packed KIVI codes, 16 a 16-bit float copy (lossless)."""
     group_size: int = Field(64, gt=0)
+    """Tokens per key group, channels per value group; tokens flushed from the window at once."""
     topk: int = Field(64, ge=0)
+    """Full-precision rows fetched per layer, KV head and step; 0: the low-bit copy alone."""
     residual: int = Field(64, ge=0)
+    """Most recent tokens kept in full precision on the device (plus < group_size more)."""
     levels: Literal["quartile", "minmax"] = "quartile"
+    """1-bit levels: ``quartile`` (1/4, 3/4 of range) or ``minmax`` (KIVI); more bits: minmax."""
     prefetch: bool = True
+    """Fetch the next step's rows during this step; False: when needed (no-op if serial)."""
     speculative: bool = True
+    """Pick rows with a speculative next token; False: each step's own query, serially."""
     measure_hit_rate: bool = True
+    """Count the real top-k rows the speculative pick fetched (``topk_hit_rate``); costs time."""
 
 
 def select_topk(probs: torch.Tensor, k: int) -> torch.Tensor:
@@ -294,7 +311,8 @@ class _LowBitStore:
     """The device copy of the quantized tokens, ``[heads, capacity, ·]`` buffers grown in place.
 
     ``bits`` < 16: :mod:`.quant`'s packed layout (keys per channel over token groups, values
-    per token); 16: a 16-bit float copy.
+    per token); 16: a 16-bit float copy. :meth:`reserve` grows them with headroom, so that
+    decoding appends a group at a time without reallocating each time.
     """
 
     def __init__(
@@ -324,7 +342,9 @@ class _LowBitStore:
             "value_zero": ((h, capacity, -(-d // g)), torch.float16),
         }
 
-    def _reserve(self, length: int) -> None:
+    def reserve(self, length: int) -> None:
+        """Room for ``length`` tokens: when they do not fit, capacity grows to ``length`` plus
+        an eighth of it (at least four groups), rounded up to whole groups."""
         import torch
 
         capacity = next(iter(self.buffers.values())).shape[1] if self.buffers else 0
@@ -347,7 +367,7 @@ class _LowBitStore:
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Quantize and store ``[heads, T, D]`` keys/values (``T`` a multiple of the group)."""
         tokens = keys.shape[1]
-        self._reserve(self.length + tokens)
+        self.reserve(self.length + tokens)
         p, n, b = self.p, self.length, self.buffers
         if p.bits == 16:
             b["keys"][:, n : n + tokens] = keys
@@ -387,16 +407,6 @@ class _LowBitStore:
             shape=(self.heads, n, self.dim),
             dtype=self.dtype,
         )
-
-    def nbytes(self) -> int:
-        """Bytes the stored tokens take (codes and fp16 stats, or the 16-bit copy)."""
-        if not self.buffers:
-            return 0
-        total = 0
-        for name, tensor in self.buffers.items():
-            row = tensor[:, :1]
-            total += self._used(name, self.length) * row.numel() * row.element_size()
-        return total
 
 
 class SpeCacheLayer:
@@ -499,6 +509,8 @@ class SpeCacheLayer:
         n = self._flushable()
         if not n:
             return
+        # One reservation for the whole flush: its capacity does not depend on the chunking.
+        self.lowbit.reserve(self.lowbit.length + n)
         chunk = max(FLUSH_CHUNK // self.p.group_size, 1) * self.p.group_size
         for start in range(0, n, chunk):
             span = slice(start, min(start + chunk, n))
@@ -511,9 +523,11 @@ class SpeCacheLayer:
         return self.shared.streams(self.device) if self.device.type == "cuda" else None
 
     def resident_bytes(self) -> int:
-        fetched = sum(tensor_bytes(t) for t in (*(self._buffers or ()), self.fetched_index))
-        window = tensor_bytes(self.keys) + tensor_bytes(self.values)
-        return (self.lowbit.nbytes() if self.lowbit else 0) + window + fetched
+        """What the layer allocates on the device: the low-bit store's whole capacity, the
+        window, the fetched rows' buffers and their positions."""
+        lowbit = self.lowbit.buffers.values() if self.lowbit is not None else ()
+        fetched = (*(self._buffers or ()), self.fetched_index)
+        return allocated_bytes(*lowbit, self.keys, self.values, *fetched)
 
     def host_bytes(self) -> int:
         return self.host.nbytes() if self.host is not None else 0
@@ -845,7 +859,7 @@ class SpeCache:
     """SpeCache: low-bit resident KV, full-precision host KV, speculative top-k prefetch."""
 
     name = "specache"
-    version = "1"
+    version = "2"  # 2: resident bytes count the low-bit store's capacity, not its rows in use
     description = (
         "SpeCache: low-bit (KIVI-style, 1-bit levels at 1/4 and 3/4) KV copy on the device, "
         "full-precision KV in host memory; each step attends with the top-k rows replaced by "

@@ -12,9 +12,10 @@ positions "within the cache" (``0 .. sinks + window``), which needs keys stored 
 without it, every step sees the positions a full cache would, so any gap to ``full`` comes
 from the eviction alone.
 
-Resident bytes once more than ``sinks + window`` tokens were seen, at ``s`` bytes per element
-(2 for fp16/bf16): ``2 · layers · kv_heads · head_dim · (sinks + window) · s`` — exactly a full
-cache of ``sinks + window`` tokens.
+Resident bytes (allocated on the device) once more than ``sinks + window`` tokens were seen,
+at ``s`` bytes per model element (2 for fp16/bf16): ``2 · layers · kv_heads · head_dim ·
+(sinks + window) · s`` — exactly a full cache of ``sinks + window`` tokens: every step
+concatenates the kept tokens into tensors of that size, so nothing is held beyond them.
 """
 
 from __future__ import annotations
@@ -72,8 +73,11 @@ class StreamingParams(Params):
     """
 
     sinks: int = Field(4, ge=0)
+    """First tokens kept for good (attention sinks); 0 makes it a plain sliding window."""
     window: int = Field(252, ge=1)
+    """Most recent tokens kept (the sliding window)."""
     budget: float | None = Field(None, gt=0, le=1)
+    """Kept share of the prefill, ``sinks + window`` (sizes ``window``); null: ``window``."""
 
 
 class Streaming:

@@ -24,6 +24,7 @@ class DenseLM:
     """A plain Llama decoder, trained from scratch."""
 
     name = "dense-lm"
+    role = "reference"
     version = "1"
     description = "dense Llama decoder (transformers LlamaForCausalLM): the reference LM"
     scenarios = ("lm_train", "lm_eval")

@@ -20,9 +20,13 @@ __all__ = ["AdaptFormer", "AdaptFormerParams"]
 
 class AdaptFormerParams(AdaptParams):
     lr: float = Field(3e-2, gt=0)
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
     dim: int = Field(8, gt=0)
+    """Bottleneck width of each block's adapter."""
     scale: float = 0.1
+    """Factor s on the adapter's output, added beside the MLP."""
     dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout probability inside the bottleneck, before the up-projection."""
 
 
 class AdaptFormer(TrainedWeights):

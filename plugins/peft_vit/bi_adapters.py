@@ -45,13 +45,17 @@ class _BiParams(AdaptParams):
     """
 
     lr: float = Field(1e-2, gt=0)
-    #: Bits per adapter weight; 32 is plain fp32 (no quantization).
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
     bits: Literal[1, 2, 4, 8, 32] = 1
+    """Bits per adapter weight; 32 is plain fp32 (no quantization)."""
     dim: int = Field(8, gt=0)
+    """Bottleneck width: AdaptFormer's hidden size, or LoRA's rank."""
     scale: float = 1.0
+    """Factor s on the adapter's output."""
     dropout: float = Field(0.1, ge=0, lt=1)
-    #: The classifier as a bias-free QLinear of ``bits`` bits (the paper's Bi-Head).
+    """Dropout probability between the down- and up-projection."""
     bi_head: bool = False
+    """Make the classifier a bias-free QLinear of bits bits too (the paper's Bi-Head)."""
 
 
 class BiAdaptFormerParams(_BiParams):

@@ -20,6 +20,7 @@ __all__ = ["BitFit", "BitFitParams"]
 
 class BitFitParams(AdaptParams):
     lr: float = Field(1e-2, gt=0)
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
 
 
 class BitFit(TrainedWeights):

@@ -38,10 +38,15 @@ class ConvpassParams(AdaptParams):
     """
 
     lr: float = Field(1e-2, gt=0)
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
     dim: int = Field(8, gt=0)
+    """Bottleneck width (channels of the 3x3 convolution)."""
     scale: float = 1.0
+    """Factor s on each bypass's output."""
     dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout probability before each bypass's up-projection."""
     attn_only: bool = False
+    """Convpass-attn: a bypass beside attention only, none beside the MLP."""
 
 
 def _quick_gelu(x: torch.Tensor) -> torch.Tensor:

@@ -52,9 +52,13 @@ class FacTTTParams(AdaptParams):
     """
 
     lr: float = Field(3e-2, gt=0)
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
     rank: int = Field(4, gt=0)
+    """Rank r of the shared factors U (d to r) and V (r to d)."""
     scale: float = Field(1.0, gt=0)
+    """Scale s of the weight increments (each branch's output)."""
     dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout probability before V in each branch."""
 
 
 class FacTTKParams(FacTTTParams):
@@ -62,8 +66,11 @@ class FacTTKParams(FacTTTParams):
     validation chose s 1 at lr 3e-2."""
 
     lr: float = Field(3e-2, gt=0)
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
     rank: int = Field(8, gt=0)
+    """Rank r of the shared factors U (d to r) and V (r to d)."""
     scale: float = Field(1.0, gt=0)
+    """Scale s of the weight increments (each branch's output)."""
 
 
 def _check(model: torch.nn.Module) -> tuple[int, list[torch.nn.Module]]:

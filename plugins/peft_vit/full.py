@@ -20,12 +20,14 @@ __all__ = ["Full", "FullParams"]
 
 class FullParams(AdaptParams):
     lr: float = Field(1e-3, gt=0)
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
 
 
 class Full(TrainedWeights):
     """Every weight of the backbone trains, with the head; a task stores the whole model."""
 
     name = "full-finetune"
+    role = "reference"
     version = "1"
     description = "full fine-tuning: every backbone weight and the head train and are stored"
     scenarios = ("adapt",)

@@ -20,6 +20,7 @@ __all__ = ["Linear", "LinearParams"]
 
 class LinearParams(AdaptParams):
     lr: float = Field(3e-2, gt=0)
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
 
 
 class Linear(TrainedWeights):

@@ -20,13 +20,17 @@ __all__ = ["LoRA", "LoRAParams"]
 
 class LoRAParams(AdaptParams):
     lr: float = Field(1e-2, gt=0)
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
     rank: int = Field(8, gt=0)
+    """Rank of the low-rank update B A."""
     alpha: float = Field(8.0, gt=0)
+    """LoRA alpha: the update is scaled by alpha / rank."""
     dropout: float = Field(0.1, ge=0, lt=1)
-    #: Module names inside each ViT block. transformers 5 calls ViT's projections
-    #: ``q_proj``/``v_proj`` (4.x: ``query``/``value``), and PEFT's built-in ViT mapping still
-    #: has the old names, so they are always given explicitly.
+    """Dropout probability on the LoRA branch's input (PEFT's lora_dropout)."""
+    # PEFT's built-in ViT mapping still has transformers 4.x's names (query/value), so the
+    # targets are always given explicitly.
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    """Module names inside each ViT block that get LoRA (transformers 4.x: query, value)."""
 
 
 class LoRA(TrainedWeights):

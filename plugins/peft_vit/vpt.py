@@ -21,11 +21,13 @@ __all__ = ["VPT", "VPTParams"]
 
 class VPTParams(AdaptParams):
     lr: float = Field(1e-2, gt=0)
+    """Peak learning rate of the task's AdamW recipe (warm-up, then cosine decay)."""
     prompts: int = Field(8, gt=0)
-    #: Deep: every block gets its own prompts (the previous block's prompt outputs are
-    #: dropped); shallow: only the first block's input gets them.
+    """Learnable prompt tokens inserted after the CLS token (per block when deep)."""
     deep: bool = True
+    """Each block gets its own prompts (replacing the previous ones); false: the first only."""
     dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout probability on the prompt tokens."""
 
 
 class VPT(TrainedWeights):

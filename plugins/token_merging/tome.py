@@ -29,6 +29,7 @@ class ToMeMatched:
     """The head fine-tuned at the ratio the model runs at."""
 
     name = "tome-matched"
+    role = "upper-bound"
     version = "1"
     description = "token merging with the head fine-tuned at r_tgt itself: the upper bound"
     scenarios = ("merge",)

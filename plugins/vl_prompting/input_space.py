@@ -110,6 +110,7 @@ class TextOnly:
     """The question alone: LoRA on the LM, the image never seen."""
 
     name = "text-only"
+    role = "lower-bound"
     version = "1"
     description = "LoRA on the frozen LM trained on the questions without the image: the prior"
     scenarios = ("vqa",)

@@ -17,6 +17,7 @@ class Dense:
     """No compression: every parameter stored as it is."""
 
     name = "dense"
+    role = "reference"
     version = "1"
     description = "unchanged floating-point weights (the baseline every method is compared with)"
     scenarios = ("perplexity", "lm_eval")

@@ -27,7 +27,9 @@ class MagnitudeParams(Params):
     """Fraction of each Linear weight to zero, and whether the output head is left dense."""
 
     sparsity: float = Field(0.5, gt=0, lt=1)
+    """Fraction of each Linear weight's entries, smallest in magnitude, set to zero."""
     skip_lm_head: bool = True
+    """Leave the output head (get_output_embeddings) dense, as SparseGPT does."""
 
 
 def sparse_bytes(weight: torch.Tensor) -> int:

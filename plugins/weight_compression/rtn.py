@@ -36,8 +36,11 @@ class RTNParams(Params):
     """Bit width, group size and whether the output head stays in full precision."""
 
     bits: Literal[2, 3, 4, 8] = 4
+    """Bits per weight code (asymmetric min-max round-to-nearest)."""
     group_size: int = Field(64, gt=0)
+    """Consecutive input columns per group, each with its own fp16 scale and zero."""
     skip_lm_head: bool = True
+    """Leave the output head (get_output_embeddings) unquantized, as GPTQ/AWQ do."""
 
 
 def fake_quantize(

@@ -6,7 +6,12 @@ columns itself. Built from the same store with the columns the built-in scenario
 declare, the leaderboards must be identical — but for changes made on purpose since, each
 regenerated into the file in its own commit: the compress pages' compression ratio is a cost
 column (higher is better), no longer a quality one; the JSON downloads count ``unsupported``
-runs too.
+runs too; references and bounds (the installed methods' roles: ``dense``, ``full``,
+``full-finetune``, ``joint``, ``finetune``) are pinned above the ranked rows with each ranked
+cell's difference from the reference, and the plots draw error bars and reference lines, and
+say "within noise" instead of drawing a cost that does not vary; the compress pages lose
+the trainable-params column (nothing trains in ``perplexity``); the KV pages gain "KV
+resident, share of full cache", whose unit names the full cache's dtype.
 """
 
 from __future__ import annotations
@@ -36,13 +41,21 @@ def declared() -> dict:
             if getattr(scenario, "columns", None) is not None}
 
 
-def test_declared_columns_render_the_same_leaderboards(tmp_path: Path, declared: dict) -> None:
+@pytest.fixture(scope="module")
+def roles() -> dict:
+    components = load_components(load_plugins())
+    return {name: method.role for name, method in components.methods
+            if getattr(method, "role", None) is not None}
+
+
+def test_declared_columns_render_the_same_leaderboards(tmp_path: Path, declared: dict,
+                                                        roles: dict) -> None:
     db = tmp_path / "store.duckdb"
     build_scenario_store(db)
     store = Store(db)
     for scenario in ("perplexity", "generate", "adapt", "continual"):
         store.record_columns(scenario, declared[scenario].to_json())
-    build_site(db, tmp_path / "site")
+    build_site(db, tmp_path / "site", roles=roles)
     golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
     snapshot = leaderboard_snapshot(tmp_path / "site")
     assert sorted(snapshot) == sorted(golden)
@@ -57,12 +70,12 @@ def test_declared_columns_render_the_same_leaderboards(tmp_path: Path, declared:
     assert re.search(r"<th scope=\"col\">00</th><th scope=\"col\">01</th>", page)
 
 
-def test_installed_declarations_stand_in_for_an_older_store(tmp_path: Path,
-                                                            declared: dict) -> None:
+def test_installed_declarations_stand_in_for_an_older_store(tmp_path: Path, declared: dict,
+                                                            roles: dict) -> None:
     """A store written before stores kept declarations: ``columns=`` fills them in."""
     db = tmp_path / "store.duckdb"
     build_scenario_store(db)
-    build_site(db, tmp_path / "site", columns=declared)
+    build_site(db, tmp_path / "site", columns=declared, roles=roles)
     assert leaderboard_snapshot(tmp_path / "site") == json.loads(GOLDEN.read_text("utf-8"))
 
 

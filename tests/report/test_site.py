@@ -399,12 +399,14 @@ def test_pareto_plots(site):
     cpu = board_page(out, ALPHA, CPU).read_text(encoding="utf-8")
     gpu = board_page(out, ALPHA, GPU).read_text(encoding="utf-8")
     beta = board_page(out, BETA, CPU, "digits").read_text(encoding="utf-8")
-    # Memory, latency and (every fixture run stores bytes) storage.
-    assert cpu.count("<svg") == gpu.count("<svg") == 3
+    # Memory and latency; every fixture run stores the same bytes: no storage trade-off.
+    assert cpu.count("<svg") == gpu.count("<svg") == 2
     assert "peak host RAM (no VRAM measured here)" in cpu and "peak VRAM" in gpu
-    assert "Quality vs storage" in cpu and "bytes stored" in cpu
+    assert "No trade-off to draw: all configurations have the same storage (495.5 KiB)." in cpu
     assert 'class="step"' in cpu and 'class="pt front"' in cpu
-    assert beta.count("<svg") == 2 and "No plot: no run here recorded latency." in beta
+    # Beta's runs all peak at the same host RAM and store the same bytes: no plot at all.
+    assert beta.count("<svg") == 0 and "No plot: no run here recorded latency." in beta
+    assert "all configurations have the same peak host RAM (400 MiB)." in beta
     assert pareto_frontier([(1, 5), (2, 4), (3, 6), (4, 3), (5, 3)], False) == [0, 1, 3]
     assert pareto_frontier([(1, 0.5), (2, 0.9), (3, 0.8)], True) == [0, 1]
 

@@ -64,3 +64,10 @@ def test_matched_head_is_fine_tuned_at_the_target_ratio(vit_dir: str) -> None:
     # Matched at 12 is ToMe fine-tuned and run at 12: the same head, the same accuracy.
     assert matched("eval", "accuracy") == plain("eval", "accuracy")
     assert matched("eval", "accuracy") == matched("eval", "accuracy_at_head_ratio")
+
+
+def test_a_rendered_task_with_test_null_renders_its_default_count() -> None:
+    from harness.scenarios.merge import MergeShapesCount, MergeTaskParams
+
+    splits = MergeShapesCount().data(MergeTaskParams(train=20, val=10, size=16), 0)
+    assert (len(splits.train_y), len(splits.val_y), len(splits.test_y)) == (20, 10, 1000)

@@ -271,9 +271,8 @@ exclude:
     assert {r.seed for r in suite.runs} == {0, 1}
 
 
-def test_exclude_by_task_params_pairs_settings(tmp_path: Path) -> None:
-    # Match each task setting with its own method setting (e.g. KV budgets per context length).
-    suite = load(write(tmp_path, """\
+#: One task at two settings, and rtn at two bit widths.
+TWO_SETTINGS = """\
 name: ex
 scenario: perplexity
 models: [builtin:tiny-byte-lm]
@@ -282,6 +281,12 @@ tasks:
   - {name: stdlib-text, params: {windows: 16}}
 methods:
   - {name: rtn, grid: {bits: [4, 8]}}
+"""
+
+
+def test_exclude_by_task_params_pairs_settings(tmp_path: Path) -> None:
+    # Match each task setting with its own method setting (e.g. KV budgets per context length).
+    suite = load(write(tmp_path, TWO_SETTINGS + """\
 exclude:
   - {task_params: {windows: 4}, params: {bits: 8}}
   - {task: stdlib-text, task_params: {windows: 16}, params: {bits: 4}}
@@ -538,3 +543,84 @@ def test_a_built_in_models_version_keys_its_runs(tmp_path: Path) -> None:
         load(write(tmp_path, BASE.replace(
             "models: [builtin:tiny-byte-lm]", "models: [{ref: builtin:tiny-byte-lm, version: x}]"
         ) + "methods: [dense]\n"))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- roles and views
+
+
+def test_roles_come_from_the_method_and_an_entry_overrides_them(tmp_path: Path) -> None:
+    components = make_components()
+    components.methods.get("dense").role = "reference"
+    suite = load(write(tmp_path, BASE + """\
+methods:
+  - dense
+  - {name: rtn, params: {bits: 8}, role: upper-bound}
+  - {name: rtn, params: {bits: 4}}
+  - {name: magnitude, role: null}
+seeds: [0, 1]
+"""), components)
+    roles = {(r.method, r.params.get("bits"), r.seed): suite.layout.roles.get(r.run_key)
+             for r in suite.runs}
+    assert roles == {
+        ("dense", None, 0): "reference", ("dense", None, 1): "reference",
+        ("rtn", 8, 0): "upper-bound", ("rtn", 8, 1): "upper-bound",
+        ("rtn", 4, 0): None, ("rtn", 4, 1): None,
+        ("magnitude", None, 0): None, ("magnitude", None, 1): None,
+    }
+    # A role never keys a run: the same suite without roles has the same keys.
+    plain_suite = load(write(tmp_path, BASE + """\
+methods:
+  - dense
+  - {name: rtn, params: {bits: 8}}
+  - {name: rtn, params: {bits: 4}}
+  - magnitude
+seeds: [0, 1]
+""", "plain.yaml"))
+    assert [r.run_key for r in plain_suite.runs] == [r.run_key for r in suite.runs]
+
+
+def test_a_plugin_declaring_an_unknown_role_is_named(tmp_path: Path) -> None:
+    components = make_components()
+    components.methods.get("dense").role = "baseline"
+    with pytest.raises(SuiteError, match=r"method 'dense' declares role string 'baseline'.*"
+                                         r"bug in its plugin"):
+        load(write(tmp_path, BASE + "methods: [dense]\n"), components)
+
+
+def test_views_resolve_to_dimensions_and_round_trip(tmp_path: Path) -> None:
+    from harness.layout import Layout, View
+
+    suite = load(write(tmp_path, TWO_SETTINGS + """\
+  - dense
+seeds: [0, 1]
+views:
+  - {rows: [method, bits], columns: windows, metric: bits_per_byte, mean: true, delta: true}
+  - {title: By bits, columns: params.bits, where: {windows: 16}, metric: latency}
+"""))
+    assert suite.layout.views == (
+        View("bits_per_byte by windows", ("method", "params.bits"), "task_params.windows",
+             "bits_per_byte", mean=True, delta=True),
+        View("By bits", ("method",), "params.bits", "latency",
+             where={"task_params.windows": [16]}),
+    )
+    assert Layout.from_json(suite.layout.to_json()) == suite.layout
+
+
+def test_a_view_dimension_named_by_a_method_and_a_task_param_must_say_which(
+        tmp_path: Path) -> None:
+    class WindowsParams(Params):
+        windows: int = 2
+
+    components = make_components()
+    components.methods.get("magnitude").params = WindowsParams
+    path = write(tmp_path, BASE + """\
+methods: [magnitude]
+views:
+  - {columns: windows, metric: bits_per_byte}
+""")
+    with pytest.raises(SuiteError) as caught:
+        load(path, components)
+    (issue,) = caught.value.issues
+    assert issue.field == "views[0].columns" and issue.line == 7
+    assert "'windows' is both a method param and a task param; write params.windows or " \
+           "task_params.windows" in issue.message

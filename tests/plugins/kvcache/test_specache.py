@@ -186,20 +186,24 @@ def test_selection_averages_the_query_heads_of_a_kv_group():
     assert select_topk(torch.cat([probs, second], dim=2), 1).tolist() == [[4], [0]]
 
 
-def test_resident_and_host_bytes_follow_the_formula(tiny_llama, ctx):
+@pytest.mark.parametrize(("steps", "capacity"), [(5, 96 + 4 * 8), (40, 136 + 4 * 8)])
+def test_resident_and_host_bytes_follow_the_formula(tiny_llama, ctx, steps, capacity):
+    """The low-bit store counts at its capacity: the prefill's 96 quantized tokens plus four
+    groups of headroom, grown to the 136 quantized by 40 steps plus four groups again."""
     context, question = prompts(2)[1]
     bits, g, residual, k = 2, 8, 4, 8
     params = {"bits": bits, "group_size": g, "residual": residual, "topk": k}
-    _, cache = specache(tiny_llama, ctx, context, question, 5, params)
+    _, cache = specache(tiny_llama, ctx, context, question, steps, params)
     config = tiny_llama.config
     heads, dim, s = config.num_key_value_heads, config.hidden_size // config.num_attention_heads, 4
-    seen = context.shape[1] + question.shape[1] + 4
+    seen = context.shape[1] + question.shape[1] + steps - 1
     assert cache.get_seq_length() == seen
     quantized = g * ((seen - residual) // g)
+    assert cache.layers[0].quantized == quantized <= capacity
     per_layer = heads * (
-        2 * quantized * math.ceil(dim * bits / 8)
-        + 4 * (quantized // g) * dim
-        + 4 * quantized * math.ceil(dim / g)
+        2 * capacity * math.ceil(dim * bits / 8)
+        + 4 * (capacity // g) * dim
+        + 4 * capacity * math.ceil(dim / g)
         + 2 * (seen - quantized) * dim * s
         + k * (2 * dim * s + 8)
     )
