@@ -398,7 +398,8 @@ class RunContext(Protocol):
         ...
 
     def count_parameters(self, model: Any, phase: str = "model") -> tuple[int, int]:
-        """Record and return ``(total, trainable)`` parameter counts of a torch module."""
+        """Record and return ``(total, trainable)`` parameter counts of a torch module (the
+        trainable count is recorded only for a scenario whose ``columns`` say it trains)."""
         ...
 
 

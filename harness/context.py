@@ -168,7 +168,9 @@ class Context:
     def count_parameters(self, model: Any, phase: str = "model") -> tuple[int, int]:
         total, trainable = count_parameters(model)
         self.recorder.record(phase, "params_total", total, "count")
-        self.recorder.record(phase, "params_trainable", trainable, "count")
+        # Trainable params mean something only where methods train (ResultColumns.trains).
+        if getattr(getattr(self.scenario, "columns", None), "trains", None) is not False:
+            self.recorder.record(phase, "params_trainable", trainable, "count")
         return total, trainable
 
 

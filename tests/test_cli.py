@@ -58,6 +58,12 @@ def test_smoke_suite_runs_every_method_with_quality_and_cost(smoke_db):
             "params_total", "host_rss_peak"} <= names
 
 
+def test_nothing_trains_in_perplexity_so_no_trainable_params_are_recorded(smoke_db):
+    _, counts = query(smoke_db, "SELECT metric, count(*) FROM metrics "
+                                "WHERE metric LIKE 'params_%' GROUP BY 1 ORDER BY 1")
+    assert counts == [("params_total", 5)]
+
+
 def test_smoke_suite_resumes_instead_of_repeating(smoke_db):
     _, before = query(smoke_db, "SELECT run_key, finished_at FROM runs ORDER BY run_key")
     proc = cli("run", str(ROOT / "suites" / "smoke.yaml"), "--db", str(smoke_db))
