@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -27,6 +27,9 @@ from rich.table import Table
 from harness import __version__
 from harness.api import RunSpec
 from harness.executors import EXECUTORS, Placement
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 STATUS_STYLE = {
     "ok": "green",
@@ -269,19 +272,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _suite_path(given: Path) -> Path | None:
     """A suite file: the path when one exists there, else the built-in suite of that name
     (``harness run smoke``); None, after saying why, when neither exists."""
+    if given.exists() or given.parent != Path("."):
+        return given  # a path (reading it says what is wrong with it)
+    entry = _builtin_suite(given.name, f"no suite file {given} here, and no built-in suite "
+                                       "by that name")
+    return None if entry is None else Path(str(entry))
+
+
+def _builtin_suite(name: str, missing: str) -> Traversable | None:
+    """The built-in suite ``name`` (``.yaml`` optional); None after printing ``missing``
+    with the near misses and the suites there are."""
     from harness.reference import builtin_suites
     from harness.registry import did_you_mean
 
-    if given.exists() or given.parent != Path("."):
-        return given  # a path (reading it says what is wrong with it)
     suites = builtin_suites()
-    entry = suites.get(given.name.removesuffix(".yaml"))
-    if entry is not None:
-        return Path(str(entry))
-    near = did_you_mean(given.name.removesuffix(".yaml"), list(suites))
-    console.print(f"[red]no suite file {escape(str(given))} here, and no built-in suite by "
-                  f"that name{escape(near)} (built-in: {escape(', '.join(suites))}; "
-                  "harness list suites)[/]")
+    stem = name.removesuffix(".yaml")
+    if stem in suites:
+        return suites[stem]
+    console.print(f"[red]{escape(missing)}{escape(did_you_mean(stem, list(suites)))} "
+                  f"(built-in: {escape(', '.join(suites))}; harness list suites)[/]")
     return None
 
 
@@ -484,12 +493,6 @@ def _dry_run(suite, placement: Placement, db: str) -> int:
 # -- list -----------------------------------------------------------------------------------
 
 
-def _columns_text(columns: Any) -> str:
-    """A scenario's declared leaderboard columns and plots, in one line."""
-    lines = columns.describe() if columns is not None else []
-    return f"{len(lines)} declared columns and plots" if lines else "core columns only"
-
-
 def _list_entries(section: str, registry: Any) -> list[tuple[str, str, str]]:
     """(name, what it belongs to, description) per component of a ``harness list`` section."""
     middle = {
@@ -554,17 +557,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """The full reference of one component, or a built-in suite's YAML."""
-    from harness.reference import KINDS, builtin_suites, reference
-    from harness.registry import RegistryError, did_you_mean
+    from harness.reference import KINDS, reference
+    from harness.registry import RegistryError
 
     if args.kind == "suite":
-        suites = builtin_suites()
-        if args.name.removesuffix(".yaml") not in suites:
-            console.print(f"[red]no built-in suite '{escape(args.name)}'"
-                          f"{escape(did_you_mean(args.name, list(suites)))} "
-                          f"(built-in: {escape(', '.join(suites))})[/]")
+        entry = _builtin_suite(args.name, f"no built-in suite '{args.name}'")
+        if entry is None:
             return 2
-        sys.stdout.write(suites[args.name.removesuffix(".yaml")].read_text(encoding="utf-8"))
+        sys.stdout.write(entry.read_text(encoding="utf-8"))
         return 0
     plugins, components = _load(args.plugin)
     registry = getattr(components, KINDS[args.kind])

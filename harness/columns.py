@@ -120,6 +120,17 @@ class ResultColumns:
         if unknown:
             raise ValueError(f"plots name unknown cost columns {unknown} (known: {keys})")
 
+    def cost_columns(self) -> dict[str, CostColumn]:
+        """Every cost column by key: the core's first, in order, then the scenario's own."""
+        return {c.key: c for c in (*CORE_COSTS, *self.costs)}
+
+    def headline_by_metric(self) -> dict[str, QualityColumn]:
+        """Each declared quality metric's first declaration (its headline phase)."""
+        first: dict[str, QualityColumn] = {}
+        for q in self.quality:
+            first.setdefault(q.metric, q)
+        return first
+
     def to_json(self) -> str:
         """Canonical JSON, as the store keeps it."""
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))

@@ -10,7 +10,6 @@ import functools
 import math
 from dataclasses import dataclass, field
 
-from harness.columns import CORE_COSTS
 from harness.report.names import params_text
 from harness.report.numbers import ci95, fmt, scale
 from harness.report.query import Agg, Board, Column, Row, latency_interval
@@ -389,7 +388,7 @@ def pareto_plots(board: Board, columns: list[Column], show_model: bool) -> list[
     if quality is None:
         reason = "No plot: this table has no quality metric."
         return [Plot(memory_title, reason), Plot(latency_title, reason)]
-    noise = {c.key: c.noise for c in (*CORE_COSTS, *board.columns.costs)}
+    noise = {key: c.noise for key, c in board.columns.cost_columns().items()}
     memory = by_kind.get("vram")
     memory_label = "peak VRAM (torch allocated)"
     if memory is None and "host_ram" in by_kind:

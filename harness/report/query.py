@@ -18,11 +18,14 @@ from typing import Any
 
 import duckdb
 
+from harness.api import ROLES
 from harness.columns import CORE_COSTS, CostColumn, ResultColumns, merged
 from harness.layout import Layout
 from harness.report.names import UniqueNames, slugify, when
 
 __all__ = [
+    "COMPARED_WITH",
+    "ROLE_RANK",
     "Agg",
     "Board",
     "Column",
@@ -152,6 +155,12 @@ class Agg:
     n: int
     unit: str
     reason: str | None
+
+
+#: Where rows of each role are pinned, above the ranked rows (role None).
+ROLE_RANK = {**{role: i for i, role in enumerate(ROLES)}, None: len(ROLES)}
+#: The roles a ranked row is compared with, in order of preference.
+COMPARED_WITH = ("reference", "upper-bound")
 
 
 @dataclass

@@ -131,6 +131,8 @@ def _build(db: str, out: Path, title: str, suites: Sequence[str], workers: int |
             con.close()
         common = {"site_title": title, "version": __version__}
         summaries = _write_boards(data, views, out, common)
+        for name, table in _view_papers(data, views):
+            _write_paper(out / name, table)
         _write_index(data, out, summaries, common, len(keys))
         run_pages = sum(f.result() for f in pending) if pool else sum(map(render_runs, jobs))
     finally:
@@ -153,10 +155,23 @@ def _contexts(data: SiteData) -> Iterator[tuple[Board, dict[str, Any], list[Colu
         yield board, *board_context(board, data.boards, suite_models, suite_by_name[board.suite])
 
 
-def _write_paper(folder: Path, stem: str, table: PaperTable) -> None:
-    """``stem.tex`` (booktabs) and ``stem.md`` beside a page's CSV."""
-    (folder / f"{stem}.tex").write_text(latex(table), encoding="utf-8")
-    (folder / f"{stem}.md").write_text(markdown(table), encoding="utf-8")
+def _view_papers(data: SiteData, views: dict[tuple[str, str], list[ViewTable]]
+                 ) -> Iterator[tuple[str, PaperTable]]:
+    """Each view's paper table, with its path in the site's layout less the suffix."""
+    folders = {board.suite: board.path.rsplit("/", 1)[0] for board in data.boards}
+    for (suite, _), group in views.items():
+        for view in group:
+            yield f"{folders[suite]}/{view.stem}", paper_view(view)
+
+
+#: The paper formats: (suffix, writer).
+_PAPER_FORMATS = ((".tex", latex), (".md", markdown))
+
+
+def _write_paper(path: Path, table: PaperTable) -> None:
+    """``path.tex`` (booktabs) and ``path.md`` (``path`` less its suffix)."""
+    for suffix, render in _PAPER_FORMATS:
+        path.with_name(path.name + suffix).write_text(render(table), encoding="utf-8")
 
 
 def _write_boards(data: SiteData, views: dict[tuple[str, str], list[ViewTable]], out: Path,
@@ -165,20 +180,14 @@ def _write_boards(data: SiteData, views: dict[tuple[str, str], list[ViewTable]],
     suite's views on its hardware; returns what the index says of the boards."""
     template = templates().get_template("leaderboard.html")
     summaries = []
-    written: set[tuple[str, str]] = set()
     for board, context, columns in _contexts(data):
         folder = (out / board.path).parent
         folder.mkdir(exist_ok=True)
         group = views.get((board.suite, board.hardware), [])
-        if (board.suite, board.hardware) not in written:
-            written.add((board.suite, board.hardware))
-            for view in group:
-                _write_paper(folder, view.stem, paper_view(view))
-        stem = context["csv"].removesuffix(".csv")
         (out / board.path).write_text(template.render(**common, **context, views=group),
                                       encoding="utf-8")
-        write_downloads(board, columns, folder, stem)
-        _write_paper(folder, stem, paper_board(context))
+        write_downloads(board, columns, folder, context["stem"])
+        _write_paper(folder / context["stem"], paper_board(context))
         summaries.append({
             "suite": board.suite, "task": board.task, "hardware": board.hardware,
             "path": board.path, "configs": len(board.rows), "counts": context["counts"],
@@ -234,14 +243,12 @@ def export_tables(db: str | Path, *, latex_dir: str | Path | None = None,
         views = view_tables(con, data)
     finally:
         con.close()
-    tables: list[tuple[str, PaperTable]] = []
-    for board, context, _ in _contexts(data):
-        tables.append((board.path.removesuffix(".html"), paper_board(context)))
-    folders = {board.suite: board.path.rsplit("/", 1)[0] for board in data.boards}
-    for (suite, _), group in views.items():
-        tables += [(f"{folders[suite]}/{view.stem}", paper_view(view)) for view in group]
+    tables = [(board.path.removesuffix(".html"), paper_board(context))
+              for board, context, _ in _contexts(data)]
+    tables += _view_papers(data, views)
     written = []
-    for target, render, suffix in ((latex_dir, latex, ".tex"), (markdown_dir, markdown, ".md")):
+    for target, (suffix, render) in zip((latex_dir, markdown_dir), _PAPER_FORMATS,
+                                        strict=True):
         if target is None:
             continue
         for name, table in tables:

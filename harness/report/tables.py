@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.api import ROLES, STATUSES
-from harness.columns import CORE_COSTS
+from harness.api import STATUSES
 from harness.report.names import first_line, params_items, params_text, run_page, when
 from harness.report.numbers import ci95, fmt, fmt_delta, fmt_mean
 from harness.report.plots import pareto_plots, row_label
-from harness.report.query import Agg, Board, Column, Row, latency_interval
+from harness.report.query import COMPARED_WITH, ROLE_RANK, Agg, Board, Column, Row, latency_interval
 
 __all__ = ["board_context", "write_downloads"]
 
@@ -42,7 +41,7 @@ def _columns(board: Board) -> tuple[list[Column], list[tuple[str, str]]]:
     quality = sorted((c for c in seen if c[0] == "quality"),
                      key=lambda c: (rank.get((c[2], c[1]), len(rank)),
                                     c[1] != "eval", c[2], c[1], c[3]))
-    costs_by_key = {c.key: c for c in (*CORE_COSTS, *board.columns.costs)}
+    costs_by_key = board.columns.cost_columns()
     order = list(costs_by_key)
     phases = Counter((c[0], c[2]) for c in seen)
     # A training cost (trainable params) belongs to scenarios whose methods train.
@@ -84,10 +83,6 @@ def _better(column: Column, value: float) -> float:
     return -value if column.higher_is_better else value
 
 
-#: Where rows of each role are pinned, above the ranked rows (role None).
-_ROLE_RANK = {**{role: i for i, role in enumerate(ROLES)}, None: len(ROLES)}
-
-
 def _order(board: Board, columns: list[Column]) -> None:
     """Pre-sort rows: references and bounds pinned first, then ok rows, then by the first
     column, best first (nulls last)."""
@@ -97,7 +92,7 @@ def _order(board: Board, columns: list[Column]) -> None:
     def key(row: Row) -> tuple:
         agg = row.cells.get(primary.id) if primary else None
         value = agg.mean if agg and agg.mean is not None and math.isfinite(agg.mean) else None
-        return (_ROLE_RANK[row.role], basis_rank[row.basis], value is None,
+        return (ROLE_RANK[row.role], basis_rank[row.basis], value is None,
                 _better(primary, value) if value is not None else 0.0,
                 row.model, row.method, row.params)
 
@@ -113,7 +108,7 @@ def _references(board: Board) -> dict[str, Row]:
     """Per model, the row the others are compared with: its ok ``reference`` row, else its
     ok ``upper-bound`` row (the first in table order)."""
     found: dict[str, Row] = {}
-    for role in ("reference", "upper-bound"):
+    for role in COMPARED_WITH:
         for row in board.rows:
             if row.role == role and row.basis == "ok" and row.model not in found:
                 found[row.model] = row

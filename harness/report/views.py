@@ -19,13 +19,12 @@ from typing import Any
 
 import duckdb
 
-from harness.api import ROLES
 from harness.canonical import canonical_json
-from harness.columns import CORE_COSTS, QualityColumn, ResultColumns
+from harness.columns import ResultColumns
 from harness.layout import BINS, View, dimension_label, run_dimensions
 from harness.report.names import UniqueNames, slugify
 from harness.report.numbers import ci95, fmt_delta, fmt_mean
-from harness.report.query import SiteData
+from harness.report.query import COMPARED_WITH, ROLE_RANK, SiteData
 
 __all__ = ["ViewRow", "ViewTable", "view_tables"]
 
@@ -102,11 +101,9 @@ def _values(con: duckdb.DuckDBPyConnection, view: View, run_keys: list[str],
             ) -> tuple[dict[str, dict[str, float]], str, bool, str, bool]:
     """Per run, the view's figure per column stat (``value``, or each bin's stat), with the
     metric's unit, direction, label and whether it is a quality (not a cost)."""
-    quality: dict[str, QualityColumn] = {}
-    for q in declared.quality:
-        quality.setdefault(q.metric, q)
-    costs = {c.key: c for c in (*CORE_COSTS, *declared.costs)}
-    if view.metric in costs and view.metric not in quality:
+    quality, costs = declared.headline_by_metric(), declared.cost_columns()
+    is_cost = view.metric in costs and view.metric not in quality
+    if is_cost:
         cost = costs[view.metric]
         rows = con.execute(
             "SELECT run_key, phase, 'value', value, unit, NULL FROM metrics "
@@ -135,7 +132,7 @@ def _values(con: duckdb.DuckDBPyConnection, view: View, run_keys: list[str],
         unit = row_unit or unit
         # A peak is the peak of the whole run: the maximum over its phases.
         values[run_key][stat] = max(value, values[run_key].get(stat, -math.inf))
-    return values, unit, hib, label, not (view.metric in costs and view.metric not in quality)
+    return values, unit, hib, label, not is_cost
 
 
 def _table(con: duckdb.DuckDBPyConnection, suite: str, hardware: str, view: View,
@@ -201,7 +198,7 @@ def _table(con: duckdb.DuckDBPyConnection, suite: str, hardware: str, view: View
             if per_seed:
                 stats[row]["mean"] = _summary(per_seed)
     ordered = sorted(row_labels, key=lambda r: (
-        ROLES.index(row_roles[r]) if r in row_roles else len(ROLES),
+        ROLE_RANK[row_roles.get(r)],
         [_sort_key(json.loads(x)) for x in r]))
     contenders = [r for r in ordered if r not in row_roles]
     best = {}
@@ -209,7 +206,7 @@ def _table(con: duckdb.DuckDBPyConnection, suite: str, hardware: str, view: View
         means = [stats[r][key][0] for r in contenders if key in stats[r]]
         if means:
             best[key] = max(means) if hib else min(means)
-    reference = next((r for role in ("reference", "upper-bound") for r in ordered
+    reference = next((r for role in COMPARED_WITH for r in ordered
                       if row_roles.get(r) == role), None) if view.delta else None
     table = ViewTable(
         title=view.title, suite=suite, hardware=hardware,

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from harness.api import CORE_COSTS, QualityColumn, ResultColumns, RunSpec
+from harness.api import ResultColumns, RunSpec
 from harness.canonical import canonical_json, describe
 from harness.layout import BINS, View, dimension_label, run_dimensions
 from harness.registry import did_you_mean
@@ -130,10 +130,8 @@ def _dimension(checker: SuiteChecker, loc: Loc, name: Any, names: list[str],
 
 def _metric(checker: SuiteChecker, loc: Loc, entry: dict[str, Any],
             declared: ResultColumns | None, bins: bool) -> tuple[str | None, str | None]:
-    quality: dict[str, QualityColumn] = {}
-    for q in declared.quality if declared else ():
-        quality.setdefault(q.metric, q)  # the first phase declared is the headline's
-    costs = {c.key: c for c in (*CORE_COSTS, *(declared.costs if declared else ()))}
+    declared = declared or ResultColumns()
+    quality, costs = declared.headline_by_metric(), declared.cost_columns()
     metric = entry.get("metric")
     if metric is None:
         if not quality:
