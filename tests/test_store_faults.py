@@ -17,12 +17,21 @@ import pytest
 
 from harness import store as store_module
 from harness.cli import main
-from harness.store import DriverLock, Store, StoreInUse, query
+from harness.store import DriverLock, Store, StoreError, StoreInUse, query
 from tests.test_runner import harness_cli, write_suite
 
 
 def stored_count(db: Path) -> int:
     return query(db, "SELECT count(*) FROM runs")[1][0][0]
+
+
+def has_runs_table(db: Path) -> bool:
+    """Whether a driver has created the store's tables (False while it can't be read)."""
+    try:
+        query(db, "SELECT count(*) FROM runs")
+    except (StoreError, FileNotFoundError):
+        return False
+    return True
 
 
 def no_traceback(proc: subprocess.CompletedProcess) -> None:
@@ -50,6 +59,12 @@ def test_a_second_driver_on_one_store_exits_2_at_once_naming_the_first(tmp_path)
         assert f"store {db} is in use by `harness run {suite}` (pid {first.pid} on host" in text
         assert "wait for it, pass --wait, or use another --db" in text
         no_traceback(second)
+        # The first driver, refused nothing, gets as far as its store before it is stopped
+        # (under load it may still be loading plugins when the second one is done).
+        for _ in range(600):
+            if first.poll() is not None or has_runs_table(db):
+                break
+            time.sleep(0.1)
     finally:
         first.send_signal(signal.SIGINT)
         first.wait(timeout=60)
