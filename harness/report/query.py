@@ -1,15 +1,17 @@
 """Reading the store: which leaderboards the site has, and every cell's mean over seeds.
 
-Aggregation happens in DuckDB (millions of metric rows never become Python objects one at a
-time for the tables). A cell is a quality metric a run recorded with ``higher_is_better``,
-or a cost column (the core's :data:`~harness.columns.CORE_COSTS` and the columns each
-scenario declares, matched only for that scenario's runs).
+DuckDB selects and groups (millions of metric rows never become Python objects one at a
+time); each cell's handful of seed values is averaged here, exactly rounded. A cell is a
+quality metric a run recorded with ``higher_is_better``, or a cost column (the core's
+:data:`~harness.columns.CORE_COSTS` and the columns each scenario declares, matched only for
+that scenario's runs).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,7 +121,7 @@ GROUP BY ALL
 
 _AGG_SQL = """
 SELECT b.row_id, c.kind, c.phase, c.metric, c.stat, any_value(c.unit), bool_or(c.hib),
-       avg(c.value), stddev_samp(c.value), count(c.value), any_value(c.reason)
+       list(c.value ORDER BY c.value) FILTER (WHERE c.value IS NOT NULL), any_value(c.reason)
 FROM cell AS c JOIN board_run AS b USING (run_key)
 WHERE b.status = b.basis
 GROUP BY ALL
@@ -355,7 +357,12 @@ def _label_task_settings(con: duckdb.DuckDBPyConnection) -> None:
 
 def aggregate(con: duckdb.DuckDBPyConnection, data: SiteData) -> None:
     """Fill every board's rows: per configuration, mean, SD and n of each column's figure
-    over the row's basis seeds, computed by DuckDB."""
+    over the row's basis seeds.
+
+    DuckDB gathers each cell's values; their mean and SD are computed here, exactly rounded
+    (:func:`statistics.fmean`, :func:`statistics.stdev`), so a page's figures do not change
+    with the order DuckDB's threads summed them in.
+    """
     con.execute("CREATE OR REPLACE TEMP TABLE cost_spec "
                 "(scenario VARCHAR, kind VARCHAR, metric VARCHAR, stat VARCHAR, "
                 "per_phase BOOLEAN)")
@@ -379,11 +386,21 @@ def aggregate(con: duckdb.DuckDBPyConnection, data: SiteData) -> None:
         if finished and (board.last_update is None or finished > board.last_update):
             board.last_update = finished
         rows[row_id] = row
-    for (row_id, kind, phase, metric, stat, unit, hib, mean, sd, n,
+    for (row_id, kind, phase, metric, stat, unit, hib, values,
          reason) in con.execute(_AGG_SQL).fetchall():
         column = (kind, phase, metric, stat) if kind == "quality" else (kind, phase, "", "")
-        rows[row_id].cells[column] = Agg(mean, sd, n, unit or "", reason)
+        rows[row_id].cells[column] = _agg(values or [], unit or "", reason)
         rows[row_id].hib[column] = hib
+
+
+def _agg(values: list[float], unit: str, reason: str | None) -> Agg:
+    """One cell's mean and sample SD (None below two values, NaN past a non-finite one),
+    exactly rounded."""
+    mean = statistics.fmean(values) if values else None
+    sd = None
+    if len(values) > 1:
+        sd = statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
+    return Agg(mean, sd, len(values), unit, reason)
 
 
 def _plan_paths(data: SiteData) -> None:

@@ -11,7 +11,9 @@ runs too; references and bounds (the installed methods' roles: ``dense``, ``full
 cell's difference from the reference, and the plots draw error bars and reference lines, and
 say "within noise" instead of drawing a cost that does not vary; the compress pages lose
 the trainable-params column (nothing trains in ``perplexity``); the KV pages gain "KV
-resident, share of full cache", whose unit names the full cache's dtype.
+resident, share of full cache", whose unit names the full cache's dtype; means and SDs are
+exactly rounded, no longer summed in DuckDB's thread order (last-bit changes, and one delta
+at a rounding boundary that had differed between machines).
 """
 
 from __future__ import annotations

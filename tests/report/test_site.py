@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+import statistics
 import sys
 import threading
 import urllib.request
@@ -535,3 +536,34 @@ def test_each_setting_of_a_task_gets_its_own_leaderboard(tmp_path):
     assert "kivi" not in (tmp_path / "site" / "lengths" / pages[0]).read_text()
     # KV-cache boards get a KV resident column and a quality-vs-KV-bytes plot.
     assert "KV resident" in short and "Quality vs KV resident" in short
+
+
+def test_cell_figures_do_not_depend_on_the_order_seeds_were_stored(tmp_path):
+    """A mean is exactly rounded: seeds stored in any order give the same page, digit for
+    digit (0.1 + 0.2 + 0.3 and 0.3 + 0.2 + 0.1 differ in their last bit)."""
+    values = [0.1, 0.2, 0.3]
+    pages = []
+    for order in (values, values[::-1]):
+        path = tmp_path / f"db{len(pages)}.duckdb"
+        store = Store(path)
+        suite = store.record_suite("order", "suites/order.yaml", "", "name: order\n")
+        env = store.record_environment({"hardware": "cpu x2"})
+        for value in order:
+            seed = values.index(value)
+            run = {"run_key": f"k{seed}", "scenario": "perplexity", "model": "builtin:m",
+                   "model_config": {}, "task": "t", "task_params": {}, "method": "m",
+                   "method_version": "1", "method_plugin": "p", "params": {}, "seed": seed,
+                   "device": "cpu", "hardware": "cpu x2", "config": {},
+                   "harness_version": "0"}
+            metrics = [{"phase": "eval", "metric": "accuracy", "value": value, "unit": "",
+                        "stat": "value", "reason": None, "higher_is_better": True}]
+            store.commit_run(suite, run, {"status": "ok", "error": None, "traceback": None,
+                                          "env_id": env, "started_at": 0.0,
+                                          "finished_at": 1.0, "wall_s": 1.0,
+                                          "metrics": metrics, "samples": []})
+        report.build_site(path, tmp_path / f"site{len(pages)}")
+        pages.append((tmp_path / f"site{len(pages)}" / "order" / "t-cpu-x2.json").read_text())
+    assert pages[0] == pages[1]
+    cell = json.loads(pages[0])["rows"][0]["values"]["accuracy"]
+    assert cell["mean"] == statistics.fmean(values) == 0.19999999999999998
+    assert cell["ci95"] == report.ci95(statistics.stdev(values), 3)
