@@ -221,8 +221,10 @@ class RayExecutor:
                     if flight.deadline is not None and now >= flight.deadline:
                         ray.cancel(generator, force=True)
                         del flights[generator]
-                        error = timeout_error(flight.spec.timeout_s or 0)
-                        done.append((flight, flight.failed("timeout", error)))
+                        # The memory watchdog may have killed it before Ray said so.
+                        status, error = death(log_tail(flight.log), "timeout",
+                                              timeout_error(flight.spec.timeout_s or 0))
+                        done.append((flight, flight.failed(status, error)))
         finally:
             report()
             for generator in flights:

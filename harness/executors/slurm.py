@@ -231,8 +231,9 @@ class SlurmExecutor:
                 result = self._outcome(flight)
             elif flight.deadline is not None and now >= flight.deadline:
                 self._cancel(job)
-                result = flight.failed("timeout", timeout_error(spec.timeout_s or 0),
-                                       _stderr_tail(job))
+                tail = _stderr_tail(job)  # the memory watchdog may have killed it unseen
+                result = flight.failed(*death(tail, "timeout", timeout_error(spec.timeout_s or 0)),
+                                       tail)
             else:
                 continue
             flights.remove(flight)

@@ -92,16 +92,19 @@ def _figures_out(error: str | None) -> str | None:
 
 
 def test_ray_and_slurm_match_the_subprocess_executor(tmp_path, ray_cluster):
+    # 8 s: under a loaded CI box the hog's watchdog must see it pass 1 GiB before the deadline.
     suite = write_suite(tmp_path, FAULTS, extra="slurm: {cluster: local, max_jobs: 2}",
-                        limits="{timeout: 4, memory: {host_gb: 1.0}}")
+                        limits="{timeout: 8, memory: {host_gb: 1.0}}")
     stored = {}
     for executor, extra in (("subprocess", ()), ("ray", ("--address", ray_cluster)),
                             ("slurm", ())):
         db = tmp_path / f"{executor}.duckdb"
         proc = harness_cli("run", str(suite), "--db", str(db), "--executor", executor, *extra)
         assert proc.returncode == 1, proc.stderr  # failures make the exit code non-zero
-        assert {method: status for (method, _), status in statuses(db).items()} == EXPECTED
         stored[executor] = _stored(db)
+        got = {method: status for (method, _), status in statuses(db).items()}
+        assert got == EXPECTED, (executor, {run: stored[executor][run][:2]
+                                            for run in stored[executor]})
     for executor in ("ray", "slurm"):
         for run, (status, error, measured) in stored["subprocess"].items():
             other = stored[executor][run]
