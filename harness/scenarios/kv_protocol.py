@@ -17,7 +17,8 @@ The cache a method returns may also report, and the scenario records when it doe
   everything the method holds there between steps), counting a buffer grown in place at its
   capacity, not the rows in use (:func:`allocated_bytes` counts tensors so). Without it the
   scenario counts the ``keys``/``values`` tensors of the cache's layers on the device;
-* ``host_bytes() -> int`` — bytes of KV state kept off the device in host memory;
+* ``host_bytes() -> int`` — bytes of KV state allocated off the device, in host memory,
+  counted as ``resident_bytes`` is (buffers at their capacity, staging buffers included);
 * ``counters() -> Mapping[str, tuple[float, str]]`` — additive totals over the cache's life,
   name → (value, unit), e.g. host→device bytes copied. The scenario sums them over episodes
   and records each total and its per-generated-token rate.

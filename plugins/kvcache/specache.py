@@ -75,8 +75,12 @@ before anything is quantized). After a prefill of ``P`` tokens ``L = g·⌊max(P
 / g⌋``; decoding grows it again only once that headroom (at least four groups) is used up.
 The fetched buffers, allocated at the first fetch, hold ``topk`` rows per head; ``k``
 positions per head are fetched: ``topk``, or every candidate when fewer tokens are quantized
-(no fetch yet: neither term). ``b = 16``: ``2·C·D·2`` for the 16-bit copy, no stats. Host
-bytes: ``2·H·T·D·s``, the stored tokens' K/V.
+(no fetch yet: neither term). ``b = 16``: ``2·C·D·2`` for the 16-bit copy, no stats.
+
+Host bytes, what the layer allocates in host memory: ``2·H·C_h·D·s`` for the host store,
+whose capacity ``C_h`` grows as the low-bit store's does (to ``L + max(64, ⌊L/8⌋)`` tokens
+when ``L`` do not fit; on CUDA rounded up to the pinned allocator's power-of-two block), plus
+on CUDA the pinned staging buffers of the fetch, ``H·topk·(2·D·s + 8)``.
 """
 
 from __future__ import annotations
@@ -303,8 +307,8 @@ class _HostStore:
         torch.index_select(self.values.view(-1, self.dim), 0, flat, out=values)
 
     def nbytes(self) -> int:
-        """Bytes of the stored tokens' K/V."""
-        return 2 * self.length * self.heads * self.dim * self.keys.element_size()
+        """Bytes allocated: the K/V buffers at their capacity, not the tokens stored."""
+        return allocated_bytes(self.keys, self.values)
 
 
 class _LowBitStore:
@@ -530,7 +534,10 @@ class SpeCacheLayer:
         return allocated_bytes(*lowbit, self.keys, self.values, *fetched)
 
     def host_bytes(self) -> int:
-        return self.host.nbytes() if self.host is not None else 0
+        """What the layer allocates in host memory: the host store at its capacity and the
+        fetch's pinned staging buffers."""
+        store = self.host.nbytes() if self.host is not None else 0
+        return store + allocated_bytes(*(self._staging or ()))
 
     # -- attention ----------------------------------------------------------------------------
 
@@ -859,7 +866,9 @@ class SpeCache:
     """SpeCache: low-bit resident KV, full-precision host KV, speculative top-k prefetch."""
 
     name = "specache"
-    version = "2"  # 2: resident bytes count the low-bit store's capacity, not its rows in use
+    # 2: resident bytes count the low-bit store's capacity, not its rows in use;
+    # 3: host bytes count the host store's capacity and the pinned staging buffers.
+    version = "3"
     description = (
         "SpeCache: low-bit (KIVI-style, 1-bit levels at 1/4 and 3/4) KV copy on the device, "
         "full-precision KV in host memory; each step attends with the top-k rows replaced by "
