@@ -159,7 +159,7 @@ def test_builtin_suites_list_show_and_run_by_name(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_wheel_ships_the_builtin_suites(tmp_path):
+def test_the_wheel_ships_the_builtin_suites_and_plug_ins(tmp_path):
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
                             "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
                            capture_output=True, text=True, timeout=300)
@@ -168,6 +168,9 @@ def test_the_wheel_ships_the_builtin_suites(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"harness_suites/{p.name}" for p in (ROOT / "suites").glob("*.yaml")} <= names
     assert any(n.startswith("harness_suites/configs/") for n in names)
+    # and the trained ToCom plug-in the tocom suite uses, as the built-in models' weights
+    assert any(n.startswith("harness_plugins/token_merging/weights/")
+               and n.endswith("/plug_in.pt") for n in names)  # fmt: skip
 
 
 def test_list_plugins_shows_failures(capsys):

@@ -15,8 +15,9 @@ per block; a downstream model fine-tuned at one ``r`` loses accuracy at another.
    (images/s) and single-image latency, both timed loops, and the FLOPs of its blocks per
    image counted from the tokens that enter each (:func:`~.merge_protocol.vit_block_flops`).
 
-Records: ``eval/accuracy`` (the headline), ``eval/accuracy_at_head_ratio`` (the same head at
-the ratio it was fine-tuned at: what mismatch costs), ``model/flops_per_image``,
+Records: ``eval/accuracy`` (the headline), ``select/accuracy`` (the validation split at
+``r_tgt``, on which a method's settings are chosen), ``eval/accuracy_at_head_ratio`` (the same
+head at the ratio it was fine-tuned at: what mismatch costs), ``model/flops_per_image``,
 ``model/final_tokens`` (tokens leaving the last block), timed phases ``batch`` and
 ``single``, ``model/added_params`` and ``model/storage_bytes`` (what the method adds).
 """
@@ -44,7 +45,8 @@ class MergeTaskParams(Params):
     train: int = Field(800, gt=0)
     """Training images, on which the linear head is fine-tuned."""
     val: int = Field(200, gt=0)
-    """Validation images split off (set aside; the scenario does not score them)."""
+    """Validation images split off: scored at ``r_tgt`` as ``select/accuracy``, to choose
+    a method's settings on (never the test split)."""
     test: int | None = Field(None, gt=0)
     """Test images; null: every image left over, or 1000 for a rendered task."""
     size: int = Field(32, ge=8)
@@ -124,7 +126,8 @@ class MergeScenario:
     contract = merge_protocol.__doc__
     model_kinds = ("image-classification",)
     columns = ResultColumns(
-        quality=(QualityColumn("accuracy", higher_is_better=True),),
+        quality=(QualityColumn("accuracy", higher_is_better=True),
+                 QualityColumn("accuracy", higher_is_better=True, phase="select")),
         costs=(
             CostColumn("flops", "FLOPs / image", "flops_per_image", "flop"),
             CostColumn("added_params", "added params", "added_params", "count"),
@@ -154,6 +157,7 @@ class MergeScenario:
         config = model.config
         train_x = pixel_values(data.train_x, config).to(ctx.device)
         test_x = pixel_values(data.test_x, config).to(ctx.device)
+        val_x = pixel_values(data.val_x, config).to(ctx.device)
 
         head_ratio = method.head_ratio(params) if hasattr(method, "head_ratio") else ratios.r_src
         tome.r = head_ratio
@@ -169,6 +173,8 @@ class MergeScenario:
         with ctx.phase("eval"):
             accuracy = _accuracy(model, test_x, data.test_y, p.eval_batch)
         record("eval", "accuracy", accuracy, "", higher_is_better=True)
+        record("select", "accuracy", _accuracy(model, val_x, data.val_y, p.eval_batch), "",
+               higher_is_better=True)
         record("eval", "accuracy_at_head_ratio", at_head, "")
         record("eval", "test_images", len(data.test_y), "count")
         counts = tome.counts

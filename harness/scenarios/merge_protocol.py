@@ -134,9 +134,14 @@ def pretraining_batches(model: Any) -> Callable[[int, np.random.Generator], torc
 
 
 def build_cached(ctx: RunContext, kind: str, recipe: Mapping[str, Any],
-                 build: Callable[[Path], None]) -> Path:  # fmt: skip
-    """``<cache_dir>/<kind>/<recipe hash>/``, made once by ``build(tmp_dir)`` (atomically, one
-    process at a time) and reused by every run whose recipe is equal."""
+                 build: Callable[[Path], None], shipped: Path | None = None) -> Path:  # fmt: skip
+    """``<shipped>/<recipe hash>/`` when a package ships it (as the built-in models ship
+    their weights), else ``<cache_dir>/<kind>/<recipe hash>/``, made once by
+    ``build(tmp_dir)`` (atomically, one process at a time) and reused by every run whose
+    recipe is equal."""
     from harness.models.recipes import build_once, recipe_hash
 
-    return build_once(Path(ctx.cache_dir) / kind / recipe_hash(recipe), build)
+    digest = recipe_hash(recipe)
+    if shipped is not None and (shipped / digest).is_dir():
+        return shipped / digest
+    return build_once(Path(ctx.cache_dir) / kind / digest, build)

@@ -14,7 +14,8 @@ every step draws ``m ≠ n`` from ``0..R``; the frozen backbone with ToMe at ``m
 compensation) is the teacher, the same backbone with ToMe at ``n`` and ``ΔW(m→n)`` the
 student; loss KL(teacher ‖ student) at temperature 1; only the bypasses train (AdamW). The
 result is cached under ``<cache_dir>/tocom/<recipe hash>/`` (recipe: the backbone's recipe
-hash or path, ``max_r`` and the training params).
+hash or path, ``max_r`` and the training params), unless the package ships it
+(:data:`SHIPPED_DIR`).
 
 In the ``merge`` scenario it is inserted into the downstream model (head fine-tuned at
 ``r_src``) set to ``ΔW(r_src → r_tgt)`` and folded into ``W_q`` and ``W_v``
@@ -59,6 +60,10 @@ class ToComParams(MergeParams):
 
 #: Params that only set the plug-in up for a run: the trained weights do not depend on them.
 RUN_ONLY = frozenset({"r_src", "r_tgt", "scale"})
+#: Trained plug-ins shipped as package data, one folder per recipe hash (``plug_in.pt`` and
+#: ``recipe.json``, as the cache holds them): the built-in suite's, for ``builtin:tiny-vit-p4``.
+#: To remake one, run the suite with an empty cache dir and copy ``<cache_dir>/tocom/<hash>``.
+SHIPPED_DIR = Path(__file__).parent / "weights"
 
 
 def _modules() -> Any:
@@ -230,7 +235,7 @@ class ToCom:
             body = {"recipe": recipe, "losses": losses}
             (tmp / "recipe.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
 
-        final = build_cached(ctx, "tocom", recipe, train_into)
+        final = build_cached(ctx, "tocom", recipe, train_into, shipped=SHIPPED_DIR)
         losses = json.loads((final / "recipe.json").read_text())["losses"]
         tenth = max(1, len(losses) // 10)
         ctx.recorder.record("tocom", "final_kl", sum(losses[-tenth:]) / tenth, "nats")

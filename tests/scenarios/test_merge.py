@@ -41,6 +41,7 @@ def test_mismatched_run_records_accuracy_flops_and_timing(vit_dir: str) -> None:
     value = ctx.recorder.value
     assert 0 <= value("eval", "accuracy") <= 1
     assert 0 <= value("eval", "accuracy_at_head_ratio") <= 1
+    assert 0 <= value("select", "accuracy") <= 1  # the validation split, to choose settings
     assert value("eval", "test_images") == 150
     counts = token_counts(65, 8, 3)
     assert value("model", "flops_per_image") == vit_block_flops(counts, 32, 64)

@@ -1,11 +1,16 @@
 """ToCom: disabled at equal ratios, chains additively, reverses by negation, folds into the
-weights; self-distillation lowers its loss; it needs the backbone's pretraining data."""
+weights; self-distillation lowers its loss; it needs the backbone's pretraining data; a
+shipped plug-in is used as trained, and the built-in suite's is shipped."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
-from harness_plugins.token_merging import ToCom
+from harness_plugins.token_merging import ToCom, tocom
 from harness_plugins.token_merging.tocom import install, set_ratios, train
 
 from harness.api import Unsupported
@@ -107,3 +112,40 @@ def test_without_pretraining_data_it_is_unsupported(ctx, tmp_path) -> None:
     with pytest.raises(Unsupported, match="pretraining data"):
         ToCom().transform(model, ToCom.params(max_r=4, steps=2).model_dump(), ctx)
 
+
+
+def test_a_shipped_plug_in_is_used_without_training(ctx, tmp_path, monkeypatch) -> None:
+    params = ToCom.params(r_src=0, r_tgt=4, max_r=4, steps=3, batch=4).model_dump()
+    trained = ctx.load_model("image-classification")
+    TokenMerging(trained)
+    ToCom().transform(trained, params, ctx)  # trained into the run's cache
+    [built] = [p for p in (Path(ctx.cache_dir) / "tocom").iterdir() if p.is_dir()]
+    shipped = tmp_path / "shipped"
+    shutil.copytree(built, shipped / built.name)
+    shutil.rmtree(built)
+    monkeypatch.setattr(tocom, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(tocom, "train", lambda *a, **k: pytest.fail("trained again"))
+    model = ctx.load_model("image-classification")
+    TokenMerging(model)
+    ToCom().transform(model, params, ctx)
+    torch.testing.assert_close(model.vit.layers[1].layer.attention.v_proj.weight,
+                               trained.vit.layers[1].layer.attention.v_proj.weight)
+    assert not (Path(ctx.cache_dir) / "tocom" / built.name).exists()
+
+
+def test_the_builtin_suite_s_plug_in_is_shipped() -> None:
+    """suites/tocom.yaml needs no distillation: its recipe's plug-in ships with the package."""
+    from transformers import ViTForImageClassification
+
+    from harness.models.recipes import recipe_hash
+    from harness.models.tiny_vit import SHIPPED_DIR_P4
+    from harness.suite import read_suite
+
+    suite = read_suite(Path(__file__).parents[3] / "suites" / "tocom.yaml")
+    [entry] = [m for m in suite.data["methods"] if m["name"] == "tocom"]
+    assert suite.data["models"] == ["builtin:tiny-vit-p4"]
+    model = ViTForImageClassification.from_pretrained(SHIPPED_DIR_P4)
+    recipe = ToCom().recipe(model, ToCom.params(**entry.get("params", {})))
+    folder = tocom.SHIPPED_DIR / recipe_hash(recipe)
+    assert (folder / "plug_in.pt").is_file()
+    assert json.loads((folder / "recipe.json").read_text())["recipe"] == recipe
