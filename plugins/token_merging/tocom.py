@@ -62,7 +62,7 @@ class ToComParams(MergeParams):
 RUN_ONLY = frozenset({"r_src", "r_tgt", "scale"})
 #: Trained plug-ins shipped as package data, one folder per recipe hash (``plug_in.pt`` and
 #: ``recipe.json``, as the cache holds them): the built-in suite's, for ``builtin:tiny-vit-p4``.
-#: To remake one, run the suite with an empty cache dir and copy ``<cache_dir>/tocom/<hash>``.
+#: Another recipe trains into the cache; to ship it, copy ``<cache_dir>/tocom/<hash>`` here.
 SHIPPED_DIR = Path(__file__).parent / "weights"
 
 

@@ -113,7 +113,6 @@ def test_without_pretraining_data_it_is_unsupported(ctx, tmp_path) -> None:
         ToCom().transform(model, ToCom.params(max_r=4, steps=2).model_dump(), ctx)
 
 
-
 def test_a_shipped_plug_in_is_used_without_training(ctx, tmp_path, monkeypatch) -> None:
     params = ToCom.params(r_src=0, r_tgt=4, max_r=4, steps=3, batch=4).model_dump()
     trained = ctx.load_model("image-classification")
