@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
+from collections.abc import Sequence
 
-__all__ = ["ci95", "fmt", "fmt_delta", "fmt_mean", "scale", "t975"]
+__all__ = ["ci95", "fmt", "fmt_delta", "fmt_mean", "mean_sd", "scale", "t975"]
 
 # Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
 _T975 = (
@@ -22,6 +24,17 @@ def t975(df: int) -> float:
     z = 1.959964
     return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample SD of one cell's seeds, exactly rounded (:func:`statistics.fmean`,
+    :func:`statistics.stdev`), so no figure depends on the order the seeds are summed in.
+    The mean is None without values; the SD None below two, NaN past a non-finite one."""
+    mean = statistics.fmean(values) if values else None
+    sd = None
+    if len(values) > 1:
+        sd = statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
+    return mean, sd
 
 
 def ci95(sd: float | None, n: int) -> float | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from harness.api import ROLES
 from harness.columns import CORE_COSTS, CostColumn, ResultColumns, merged
 from harness.layout import Layout
 from harness.report.names import UniqueNames, slugify, when
+from harness.report.numbers import mean_sd
 
 __all__ = [
     "COMPARED_WITH",
@@ -360,8 +360,8 @@ def aggregate(con: duckdb.DuckDBPyConnection, data: SiteData) -> None:
     over the row's basis seeds.
 
     DuckDB gathers each cell's values; their mean and SD are computed here, exactly rounded
-    (:func:`statistics.fmean`, :func:`statistics.stdev`), so a page's figures do not change
-    with the order DuckDB's threads summed them in.
+    (:func:`~harness.report.numbers.mean_sd`), so a page's figures do not change with the
+    order DuckDB's threads would have summed them in.
     """
     con.execute("CREATE OR REPLACE TEMP TABLE cost_spec "
                 "(scenario VARCHAR, kind VARCHAR, metric VARCHAR, stat VARCHAR, "
@@ -394,13 +394,8 @@ def aggregate(con: duckdb.DuckDBPyConnection, data: SiteData) -> None:
 
 
 def _agg(values: list[float], unit: str, reason: str | None) -> Agg:
-    """One cell's mean and sample SD (None below two values, NaN past a non-finite one),
-    exactly rounded."""
-    mean = statistics.fmean(values) if values else None
-    sd = None
-    if len(values) > 1:
-        sd = statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
-    return Agg(mean, sd, len(values), unit, reason)
+    """One cell: its values' mean and SD (:func:`~harness.report.numbers.mean_sd`)."""
+    return Agg(*mean_sd(values), len(values), unit, reason)
 
 
 def _plan_paths(data: SiteData) -> None:

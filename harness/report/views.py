@@ -23,7 +23,7 @@ from harness.canonical import canonical_json
 from harness.columns import ResultColumns
 from harness.layout import BINS, View, dimension_label, run_dimensions
 from harness.report.names import UniqueNames, slugify
-from harness.report.numbers import ci95, fmt_delta, fmt_mean
+from harness.report.numbers import ci95, fmt_delta, fmt_mean, mean_sd
 from harness.report.query import COMPARED_WITH, ROLE_RANK, SiteData
 
 __all__ = ["ViewRow", "ViewTable", "view_tables"]
@@ -241,9 +241,8 @@ def _table(con: duckdb.DuckDBPyConnection, suite: str, hardware: str, view: View
 
 def _summary(values: list[float]) -> tuple[float, float | None, int]:
     """(mean, 95 % CI half-width or None, n) of one cell's seeds."""
-    n = len(values)
-    sd = statistics.stdev(values) if n > 1 else None
-    return statistics.fmean(values), ci95(sd, n), n
+    mean, sd = mean_sd(values)
+    return mean, ci95(sd, len(values)), len(values)
 
 
 def _cell(stat: tuple[float, float | None, int] | None, unit: str, best: float | None,
