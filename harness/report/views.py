@@ -181,7 +181,8 @@ def _table(con: duckdb.DuckDBPyConnection, suite: str, hardware: str, view: View
         for column in columns:
             cells[row][column].update(by_seed)
     if bins:
-        prefix = next((q.breakdown for q in declared.quality if q.metric == view.metric), "")
+        headline = declared.headline_by_metric().get(view.metric)
+        prefix = headline.breakdown if headline else ""
         headings = [c.removeprefix(prefix or "") for c in columns]
         column_title = (prefix or "bin").rstrip("_") + " bin"
     else:
