@@ -74,7 +74,10 @@ def test_subprocess_executor_turns_each_failure_into_its_status(tmp_path):
     assert status == "failed" and "ValueError: bad weights" in error and "method 'raise'" in error
     status, error, trace = by_method[("hang", '{"marker":"","size":64}')]
     assert status == "timeout" and "limits.timeout=4" in error
-    assert "time.sleep" in trace or "in work" in trace  # the hung worker's stacks
+    # The hung worker's stacks, its main thread's from the worker's entry on: under load the
+    # deadline may pass before the run reaches work(), so where that thread stands is not
+    # asserted.
+    assert "Current thread" in trace and "in worker_main" in trace, trace
 
 
 def test_a_run_past_its_host_memory_limit_is_oom_and_the_suite_goes_on(tmp_path):

@@ -120,7 +120,8 @@ def test_ray_and_slurm_match_the_subprocess_executor(tmp_path, ray_cluster):
                     "FROM runs r LEFT JOIN environments e USING (env_id)")
     by_method = {method: rest for method, *rest in rows}
     assert "Segmentation fault" in by_method["crash"][1]  # faulthandler's stacks, from the log
-    assert "in work" in by_method["hang"][1]  # stacks dumped before the deadline
+    # Stacks dumped before the deadline; under load the run may not have reached work() yet.
+    assert "in run_spec" in by_method["hang"][1], by_method["hang"][1]
     assert by_method["steady"][2] == socket.gethostname()  # the node, in the environment row
     assert by_method["steady"][3] == 1  # resources.cpus: one CPU per run by default
     assert by_method["steady"][4].endswith(" x1")  # and the hardware group says so
