@@ -42,7 +42,9 @@ STATUS_STYLE = {
 }
 DEFAULT_DB = "harness.duckdb"
 
-console = Console(stderr=True, highlight=False)
+#: Errors, warnings and progress. A message is one line however long (the terminal wraps it
+#: where it must): in a log, at 80 columns, a hard wrap would split the words a user greps.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 

@@ -156,11 +156,12 @@ def test_a_store_path_under_a_file_is_a_sentence(tmp_path):
     no_traceback(proc)
 
 
-def test_a_directory_as_the_suite_is_a_sentence(tmp_path):
-    proc = harness_cli("run", str(tmp_path), "--db", str(tmp_path / "h.duckdb"))
+def test_a_directory_as_the_suite_is_a_sentence_on_one_line(tmp_path):
+    folder = tmp_path / ("long-folder-name-" * 6)  # past 80 columns: a log must not wrap it
+    folder.mkdir()
+    proc = harness_cli("run", str(folder), "--db", str(tmp_path / "h.duckdb"))
     assert proc.returncode == 2
-    assert f"{tmp_path} is a directory: pass a suite's YAML file" in " ".join(
-        proc.stderr.split())
+    assert f"{folder} is a directory: pass a suite's YAML file" in proc.stderr.splitlines()[0]
     no_traceback(proc)
 
 
