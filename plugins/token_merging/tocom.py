@@ -1,9 +1,10 @@
 """``tocom``: Token Compensator (Jie et al., ECCV 2024), as the official code does it.
 
 Every block's ``q_proj`` and ``v_proj`` get a LoRA-like bypass without activation, ``down``
-``d → 2R`` and ``up`` ``2R → d`` (zero-initialised), scaled by ``scale``, whose hidden
-channels come in ``R = max_r`` sub-blocks ``P_i`` of rank 2. Sub-block ``i`` compensates
-between merge ratios ``i − 1`` and ``i``, so the compensator from ratio ``m`` to ``n`` is
+``d → 2R`` and ``up`` ``2R → d`` (zero-initialised), with dropout on the hidden channels
+while it trains, scaled by ``scale``, whose hidden channels come in ``R = max_r``
+sub-blocks ``P_i`` of rank 2. Sub-block ``i`` compensates between merge ratios ``i − 1``
+and ``i``, so the compensator from ratio ``m`` to ``n`` is
 ``ΔW(m→n) = Σ_{i=m+1..n} P_i`` when ``n > m`` and ``−Σ_{i=n+1..m} P_i`` when ``n < m``
 (a ±1 mask on the hidden channels): compensators chain additively, reverse by negation and
 vanish at ``m = n``; ``k`` is left alone.
@@ -12,10 +13,10 @@ Trained once per backbone, not per downstream task, by self-distillation on the 
 pretraining data (the built-in ViTs' fractal recipe, read from the model's ``recipe.json``):
 every step draws ``m ≠ n`` from ``0..R``; the frozen backbone with ToMe at ``m`` (no
 compensation) is the teacher, the same backbone with ToMe at ``n`` and ``ΔW(m→n)`` the
-student; loss KL(teacher ‖ student) at temperature 1; only the bypasses train (AdamW). The
-result is cached under ``<cache_dir>/tocom/<recipe hash>/`` (recipe: the backbone's recipe
-hash or path, ``max_r`` and the training params), unless the package ships it
-(:data:`SHIPPED_DIR`).
+student; loss KL(teacher ‖ student) at temperature 1; only the bypasses train (AdamW, with
+dropout on their hidden channels, 0.1 as in the official code). The result is cached under
+``<cache_dir>/tocom/<recipe hash>/`` (recipe: the backbone's recipe hash or path, ``max_r``
+and the training params), unless the package ships it (:data:`SHIPPED_DIR`).
 
 In the ``merge`` scenario it is inserted into the downstream model (head fine-tuned at
 ``r_src``) set to ``ΔW(r_src → r_tgt)`` and folded into ``W_q`` and ``W_v``
@@ -56,6 +57,8 @@ class ToComParams(MergeParams):
     steps: int = Field(600, gt=0, description="self-distillation steps")
     batch: int = Field(64, gt=0, description="pretraining images per step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    dropout: float = Field(0.1, ge=0, lt=1,
+                           description="dropout on the bypass's hidden channels while it trains")
 
 
 #: Params that only set the plug-in up for a run: the trained weights do not depend on them.
@@ -71,13 +74,15 @@ def _modules() -> Any:
     from torch import nn
 
     class CompensatedLinear(nn.Module):
-        """``base(x) + scale · up(mask ⊙ down(x))``: a linear layer with ToCom's bypass."""
+        """``base(x) + scale · up(mask ⊙ dropout(down(x)))``: a linear layer with ToCom's
+        bypass."""
 
-        def __init__(self, base: nn.Linear, blocks: int) -> None:
+        def __init__(self, base: nn.Linear, blocks: int, dropout: float = 0.0) -> None:
             super().__init__()
             self.base = base
             self.blocks = blocks
             self.down = nn.Linear(base.in_features, 2 * blocks, bias=False)
+            self.dropout = nn.Dropout(dropout)
             self.up = nn.Linear(2 * blocks, base.out_features, bias=False)
             nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
             nn.init.zeros_(self.up.weight)
@@ -97,7 +102,7 @@ def _modules() -> Any:
             out = self.base(x)
             if self.scale == 0 or not bool(self.mask.any()):
                 return out
-            return out + self.scale * self.up(self.down(x) * self.mask)
+            return out + self.scale * self.up(self.dropout(self.down(x)) * self.mask)
 
         def merged(self) -> nn.Linear:
             """``base`` with the bypass folded into its weight: the same outputs."""
@@ -121,13 +126,13 @@ def _projections(model: Any) -> list[tuple[Any, str]]:
             for layer in vit.layers for name in ("q_proj", "v_proj")]  # fmt: skip
 
 
-def install(model: Any, blocks: int) -> list[Any]:
+def install(model: Any, blocks: int, dropout: float = 0.0) -> list[Any]:
     """Wrap every block's ``q_proj`` and ``v_proj`` of ``model`` (a transformers ViT, possibly
     with ToMe installed) in a :class:`CompensatedLinear`; returns them in order."""
     compensated = _modules()
     out = []
     for attention, name in _projections(model):
-        wrapped = compensated(getattr(attention, name), blocks)
+        wrapped = compensated(getattr(attention, name), blocks, dropout)
         wrapped.to(getattr(attention, name).weight.device)
         setattr(attention, name, wrapped)
         out.append(wrapped)
@@ -174,7 +179,9 @@ def train(backbone: Any, p: ToComParams, seed: int) -> tuple[dict[str, Any], lis
     for parameter in backbone.parameters():
         parameter.requires_grad_(False)
     tome = token_merging(backbone)
-    compensators = install(backbone, p.max_r)
+    compensators = install(backbone, p.max_r, p.dropout)
+    for c in compensators:
+        c.train()  # its dropout; the frozen backbone stays in eval mode
     trainable = [w for c in compensators for w in (c.down.weight, c.up.weight)]
     for weight in trainable:
         weight.requires_grad_(True)

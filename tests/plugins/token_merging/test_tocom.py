@@ -76,6 +76,21 @@ def test_the_folded_weights_give_the_same_logits() -> None:
     torch.testing.assert_close(folded, bypassed, rtol=1e-5, atol=1e-5)
 
 
+def test_dropout_acts_while_training_only_and_the_fold_is_the_eval_form() -> None:
+    model = tiny_vit()
+    [c, *_] = install(model, 8, dropout=0.5)
+    torch.nn.init.normal_(c.up.weight, std=0.05)
+    c.set(2, 6, 1.0)
+    x = torch.randn(4, 65, c.base.in_features)
+    with torch.no_grad():
+        c.train()
+        assert not torch.equal(c(x), c(x))  # hidden channels dropped at random
+        c.eval()
+        expected = c.base(x) + c.up(c.down(x) * c.mask)
+        torch.testing.assert_close(c(x), expected)
+        torch.testing.assert_close(c.merged()(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_self_distillation_lowers_the_loss(ctx) -> None:
     p = ToCom.params(max_r=8, steps=40, batch=16, lr=3e-3)
     _, losses = train(ctx.load_model("image-classification"), p, seed=0)
