@@ -28,6 +28,7 @@ __all__ = [
     "RESERVED_MODEL_KEYS",
     "ROLES",
     "STATUSES",
+    "TIMING_ONLY_INVALID",
     "CostColumn",
     "CostPlot",
     "MeasureSettings",
@@ -57,6 +58,11 @@ __all__ = [
 #: ``unsupported`` says why the run can't be done on this hardware (:class:`Unsupported`):
 #: not a failure, and not retried there.
 STATUSES = ("ok", "invalid", "oom", "failed", "timeout", "crashed", "unsupported")
+
+#: ``(phase, metric)`` of the figure (1.0) an ``invalid`` run stores when only its timings are
+#: in doubt (every reason given to :meth:`Recorder.mark_invalid` with ``timing=True``): its
+#: quality still counts in the leaderboard's quality cells beside its ok seeds; its costs don't.
+TIMING_ONLY_INVALID = ("validity", "timing_only")
 
 #: What a method may be on a leaderboard instead of a contender (its ``role``, which a
 #: suite entry may override): the ``reference`` that other rows are compared with (the
@@ -229,6 +235,8 @@ class Recorder:
         self.metrics: list[MetricRow] = []
         self.samples: list[SampleRow] = []
         self.invalid_reasons: list[str] = []
+        #: Whether every reason is a timed loop's (its timings are in doubt, its quality not).
+        self.only_timing_invalid = True
 
     def record(
         self,
@@ -256,9 +264,15 @@ class Recorder:
         """Keep the raw samples behind a statistic."""
         self.samples.append(SampleRow(phase, metric, unit, tuple(float(v) for v in values)))
 
-    def mark_invalid(self, reason: str) -> None:
-        """Mark the run ``invalid`` (it finishes and is stored, with this reason)."""
+    def mark_invalid(self, reason: str, *, timing: bool = False) -> None:
+        """Mark the run ``invalid`` (it finishes and is stored, with this reason).
+
+        ``timing``: only its timings are in doubt (a timed loop missed the suite's precision
+        target on a busy host); its quality figures still count in the leaderboard's quality
+        cells (:data:`TIMING_ONLY_INVALID`), its costs do not.
+        """
         self.invalid_reasons.append(reason)
+        self.only_timing_invalid &= timing
 
     def value(self, phase: str, metric: str, stat: str = "value") -> float | None:
         """The latest recorded value of a figure, or ``None`` if absent or null."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from harness.api import (
     RESERVED_MODEL_KEYS,
+    TIMING_ONLY_INVALID,
     MeasureSettings,
     PhaseResult,
     Recorder,
@@ -145,7 +146,7 @@ class Context:
             else:
                 record(phase, "energy_per_item", energy / (calls * items), f"J/{item_unit}")
         for reason in _with_host_diagnosis(timing, self.spec.measure, probed.metrics):
-            self.recorder.mark_invalid(f"{phase}: {reason}")
+            self.recorder.mark_invalid(f"{phase}: {reason}", timing=True)
         return timing
 
     def _prepare(self) -> None:
@@ -286,6 +287,8 @@ def execute_run(
         gc.collect()
     if status == "ok" and recorder.invalid_reasons:
         status, error = "invalid", "; ".join(recorder.invalid_reasons)
+        if recorder.only_timing_invalid:
+            recorder.record(*TIMING_ONLY_INVALID, 1.0, "")
     finished = time.time()
     return {
         "run_key": spec.run_key,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.api import TIMING_ONLY_INVALID
 from harness.cli import main
 from harness.runner import select_pending
 from harness.store import query
@@ -78,6 +79,20 @@ def test_subprocess_executor_turns_each_failure_into_its_status(tmp_path):
     # deadline may pass before the run reaches work(), so where that thread stands is not
     # asserted.
     assert "Current thread" in trace and "in worker_main" in trace, trace
+
+
+def test_a_run_whose_timings_alone_missed_their_target_says_so(tmp_path):
+    suite = write_suite(tmp_path, "[steady]", extra="executor: inline")
+    suite.write_text(suite.read_text().replace(
+        "min_repeats: 3,", "min_repeats: 1000000, max_seconds: 0.05,"))
+    db = tmp_path / "h.duckdb"
+    proc = harness_cli("run", str(suite), "--db", str(db))
+    assert proc.returncode == 0, proc.stderr
+    _, rows = query(db, "SELECT r.status, r.error, m.phase, m.metric, m.value FROM runs r "
+                        "JOIN metrics m USING (run_key) WHERE m.phase = 'validity'")
+    [(status, error, *marker)] = rows
+    assert status == "invalid" and "work: " in error
+    assert tuple(marker) == (*TIMING_ONLY_INVALID, 1.0)  # its quality still counts
 
 
 def test_a_run_past_its_host_memory_limit_is_oom_and_the_suite_goes_on(tmp_path):

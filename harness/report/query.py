@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from harness.api import ROLES
+from harness.api import ROLES, TIMING_ONLY_INVALID
 from harness.columns import CORE_COSTS, CostColumn, ResultColumns, merged
 from harness.layout import Layout
 from harness.report.names import UniqueNames, slugify, when
@@ -59,7 +59,9 @@ WHERE len($1::VARCHAR[]) = 0 OR list_contains($1::VARCHAR[], s.name)
 
 # One row per (suite, run); ``basis`` is which seeds a leaderboard row is averaged over:
 # its ok seeds, or, when it has none, its invalid ones (shown, but never ranked).
-_BOARD_RUN_SQL = """
+# ``timing_only``: an invalid run whose timings alone are in doubt; beside ok seeds its
+# quality figures count too, its costs do not (:data:`QUALITY_RUNS`).
+_BOARD_RUN_SQL = f"""
 CREATE OR REPLACE TEMP TABLE board_run AS
 SELECT *,
        dense_rank() OVER (ORDER BY suite, task, hardware, model, method, version, params)
@@ -70,13 +72,15 @@ FROM (
     SELECT m.suite, coalesce(l.label, r.task) AS task,
            coalesce(r.hardware, 'unknown hardware') AS hardware,
            coalesce(r.model, '') AS model, r.method, coalesce(r.method_version, '') AS version,
-           coalesce(CAST(r.params AS VARCHAR), '{}') AS params, r.seed, r.status, r.run_key,
+           coalesce(CAST(r.params AS VARCHAR), '{{}}') AS params, r.seed, r.status, r.run_key,
            r.finished_at, r.error, r.scenario, r.task AS task_name,
-           coalesce(CAST(r.task_params AS VARCHAR), '{}') AS task_params
+           coalesce(CAST(r.task_params AS VARCHAR), '{{}}') AS task_params,
+           r.run_key IN (SELECT run_key FROM metrics WHERE phase = '{TIMING_ONLY_INVALID[0]}'
+                         AND metric = '{TIMING_ONLY_INVALID[1]}') AS timing_only
     FROM member AS m JOIN runs AS r USING (run_key)
     LEFT JOIN task_label AS l
         ON l.suite = m.suite AND l.task = r.task
-       AND l.task_params = coalesce(CAST(r.task_params AS VARCHAR), '{}')
+       AND l.task_params = coalesce(CAST(r.task_params AS VARCHAR), '{{}}')
 )
 WINDOW cfg AS (PARTITION BY suite, task, hardware, model, method, version, params)
 """
@@ -119,11 +123,16 @@ WHERE c.kind IS NOT NULL
 GROUP BY ALL
 """
 
-_AGG_SQL = """
+#: Over ``board_run AS b``: the runs whose quality figures a leaderboard row averages, its
+#: basis seeds and, beside ok seeds, the invalid ones whose timings alone are in doubt. Its
+#: costs average the basis seeds alone.
+QUALITY_RUNS = "(b.status = b.basis OR (b.basis = 'ok' AND b.timing_only))"
+
+_AGG_SQL = f"""
 SELECT b.row_id, c.kind, c.phase, c.metric, c.stat, any_value(c.unit), bool_or(c.hib),
        list(c.value ORDER BY c.value) FILTER (WHERE c.value IS NOT NULL), any_value(c.reason)
 FROM cell AS c JOIN board_run AS b USING (run_key)
-WHERE b.status = b.basis
+WHERE CASE WHEN c.kind = 'quality' THEN {QUALITY_RUNS} ELSE b.status = b.basis END
 GROUP BY ALL
 ORDER BY b.row_id
 """

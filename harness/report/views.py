@@ -24,7 +24,7 @@ from harness.columns import ResultColumns
 from harness.layout import BINS, View, dimension_label, run_dimensions
 from harness.report.names import UniqueNames, slugify
 from harness.report.numbers import ci95, fmt_delta, fmt_mean, mean_sd
-from harness.report.query import COMPARED_WITH, ROLE_RANK, SiteData
+from harness.report.query import COMPARED_WITH, QUALITY_RUNS, ROLE_RANK, SiteData
 
 __all__ = ["ViewRow", "ViewTable", "view_tables"]
 
@@ -59,11 +59,11 @@ class ViewTable:
     note: str = ""
 
 
-_RUNS_SQL = """
+_RUNS_SQL = f"""
 SELECT b.suite, b.hardware, b.run_key, b.seed, b.model, b.method, b.task_name, b.params,
-       b.task_params, b.scenario
+       b.task_params, b.scenario, b.status = b.basis
 FROM board_run AS b
-WHERE b.status = b.basis AND b.suite = $1
+WHERE {QUALITY_RUNS} AND b.suite = $1
 ORDER BY b.hardware, b.run_key
 """
 
@@ -140,13 +140,15 @@ def _table(con: duckdb.DuckDBPyConnection, suite: str, hardware: str, view: View
            ) -> ViewTable | None:
     matched = []
     for run in runs:
-        _, _, run_key, seed, model, method, task, params, task_params, _ = run
+        _, _, run_key, seed, model, method, task, params, task_params, _, basis = run
         dims = run_dimensions(method, model, task, json.loads(params), json.loads(task_params))
         if view.matches(dims):
-            matched.append((run_key, seed, dims))
+            matched.append((run_key, seed, dims, basis))
     if not matched:
         return None
     values, unit, hib, label, quality = _values(con, view, [m[0] for m in matched], declared)
+    # Runs whose timings alone are in doubt count for a quality, not for a cost.
+    matched = [m[:3] for m in matched if quality or m[3]]
     bins = view.columns == BINS
     # cells[row][column] -> seed -> value
     cells: dict[tuple, dict[Any, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))

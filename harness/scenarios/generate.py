@@ -400,7 +400,7 @@ class GenerateScenario:
         _record_latency(recorder, "first_token", first_token_ms, None)
         timing = _record_latency(recorder, "decode", token_ms, 1)
         for reason in timing.invalid_reasons(ctx.spec.measure):
-            recorder.mark_invalid(f"decode: {reason}")
+            recorder.mark_invalid(f"decode: {reason}", timing=True)
 
         recorder.record("kv", "resident_bytes", resident, "bytes")
         recorder.record("kv", "host_bytes", host, "bytes")

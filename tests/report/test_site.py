@@ -29,8 +29,9 @@ from report_fixtures import (
 )
 
 from harness import report
-from harness.api import STATUSES
+from harness.api import STATUSES, TIMING_ONLY_INVALID
 from harness.cli import main
+from harness.layout import Layout, View
 from harness.report.plots import pareto_frontier
 from harness.scenarios.generate import GenerateScenario
 from harness.store import Store
@@ -567,3 +568,49 @@ def test_cell_figures_do_not_depend_on_the_order_seeds_were_stored(tmp_path):
     cell = json.loads(pages[0])["rows"][0]["values"]["accuracy"]
     assert cell["mean"] == statistics.fmean(values) == 0.19999999999999998
     assert cell["ci95"] == report.ci95(statistics.stdev(values), 3)
+
+
+def test_a_seed_whose_timings_alone_are_in_doubt_counts_for_quality_not_cost(tmp_path):
+    """Beside ok seeds, an invalid seed that stored TIMING_ONLY_INVALID (its timed loop
+    missed the precision target on a busy host) counts in the quality cells, leaderboard and
+    view, and not in the cost cells; another invalid seed counts in neither."""
+    store = Store(tmp_path / "h.duckdb")
+    layout = Layout({}, (View("Accuracy", ("method",), "task", "accuracy"),
+                         View("Latency", ("method",), "task", "latency")), ())
+    suite = store.record_suite("busy", "suites/busy.yaml", "", "name: busy\n", layout.to_json())
+    env = store.record_environment({"hardware": "cpu x2"})
+    seeds = {  # method: (status, accuracy, latency, timing only) per seed
+        "m": [("ok", 0.5, 10.0, False), ("ok", 0.6, 20.0, False), ("invalid", 0.7, 90.0, True)],
+        "n": [("ok", 0.5, 10.0, False), ("ok", 0.6, 20.0, False), ("invalid", 0.9, 90.0, False)],
+    }
+    for method, runs in seeds.items():
+        for seed, (status, accuracy, latency, timing_only) in enumerate(runs):
+            run = {"run_key": f"{method}{seed}", "scenario": "perplexity", "model": "builtin:m",
+                   "model_config": {}, "task": "t", "task_params": {}, "method": method,
+                   "method_version": "1", "method_plugin": "p", "params": {}, "seed": seed,
+                   "device": "cpu", "hardware": "cpu x2", "config": {}, "harness_version": "0"}
+            metrics = [{"phase": "eval", "metric": "accuracy", "value": accuracy, "unit": "",
+                        "higher_is_better": True},
+                       {"phase": "forward", "metric": "latency", "stat": "median",
+                        "value": latency, "unit": "ms"}]
+            if timing_only:
+                phase, metric = TIMING_ONLY_INVALID
+                metrics.append({"phase": phase, "metric": metric, "value": 1.0, "unit": ""})
+            store.commit_run(suite, run, {"status": status, "error": None, "env_id": env,
+                                          "started_at": 0.0, "finished_at": 1.0, "wall_s": 1.0,
+                                          "metrics": metrics, "samples": []})
+    report.build_site(tmp_path / "h.duckdb", tmp_path / "site")
+    rows = {row["method"]: row["values"]
+            for row in json.loads((tmp_path / "site/busy/t-cpu-x2.json").read_text())["rows"]}
+    assert rows["m"]["accuracy"]["mean"] == pytest.approx(0.6)  # all three seeds
+    assert rows["m"]["accuracy"]["n"] == 3
+    assert rows["n"]["accuracy"]["mean"] == pytest.approx(0.55)  # its ok seeds
+    for method in "mn":
+        [latency] = [v for k, v in rows[method].items() if k.startswith("latency")]
+        assert latency["mean"] == pytest.approx(15.0) and latency["n"] == 2
+    report.export_tables(tmp_path / "h.duckdb", markdown_dir=tmp_path / "md")
+    [accuracy] = (tmp_path / "md").rglob("view-accuracy-*.md")
+    [latency] = (tmp_path / "md").rglob("view-latency-*.md")
+    # m over three seeds (0.6 ± 0.25), n over two (0.55 ± 0.64); latency over two for both
+    assert "| m | **0.6 ± 0.25** |\n| n | 0.55 ± 0.64 |" in accuracy.read_text()
+    assert "| m | **15 ± 64 ms** |\n| n | **15 ± 64 ms** |" in latency.read_text()

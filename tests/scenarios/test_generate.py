@@ -209,6 +209,7 @@ def test_too_few_decode_samples_make_the_run_invalid(random_lm_dir: str) -> None
         measure=MeasureSettings(min_repeats=50, min_seconds=0.0),
     )  # fmt: skip
     assert any("decode: n=8 < min_repeats=50" in r for r in ctx.recorder.invalid_reasons)
+    assert ctx.recorder.only_timing_invalid  # its answers still count as quality
 
 
 def test_episodes_follow_the_seed_and_the_depth_bins(random_lm_dir: str) -> None:
