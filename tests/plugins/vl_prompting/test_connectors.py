@@ -61,11 +61,11 @@ def projector_params(hidden: int) -> int:
 def test_memvp_trains_projector_memory_slots_and_encoder_adapters_only() -> None:
     connector = connect(MemVP(), visual_tokens=4, encoder_adapter_dim=3, projector_hidden=10)
     adapters = ENCODER_LAYERS * (FEATURES * 3 + 3 * FEATURES)  # bias-free down and up
-    # one P_k and one P_v for every layer, as the official code shares them
-    assert trainable(connector) == projector_params(10) + 2 * 4 * WIDTH + adapters
-    assert trainable(connect(MemVP(), visual_tokens=16, encoder_adapter_dim=0)) == (
-        projector_params(128) + 2 * 16 * WIDTH
-    )
+    # one P_k and one P_v for every layer, as the official code shares them, over the visual
+    # tokens and the 64 adapter slots beyond them
+    assert trainable(connector) == projector_params(10) + 2 * (4 + 64) * WIDTH + adapters
+    assert trainable(connect(MemVP(), visual_tokens=16, encoder_adapter_dim=0,
+                             adapter_slots=0)) == projector_params(128) + 2 * 16 * WIDTH
 
 
 def test_prefix_and_text_only_train_lora_and_the_projector() -> None:
@@ -106,7 +106,9 @@ def test_memvp_reads_visual_features_as_ffn_keys_and_values() -> None:
         z = torch.randn_like(z)  # as a trained projector's features: large enough to matter
         x = torch.randn(2, 5, WIDTH)
         memory.memory = z
-        keys, values = z + slots.keys, z + slots.values
+        assert slots.keys.shape[0] == 4 + 64  # the adapter slots read a zero Z
+        padded = torch.cat([z, torch.zeros(2, 64, WIDTH)], dim=1)
+        keys, values = padded + slots.keys, padded + slots.values
         expected = memory.ffn(x) + 0.1 * (
             torch.nn.functional.silu(x @ keys.transpose(1, 2)) @ values
         )
