@@ -27,6 +27,7 @@ from harness.report.numbers import mean_sd
 
 __all__ = [
     "COMPARED_WITH",
+    "QUALITY_RUNS",
     "ROLE_RANK",
     "Agg",
     "Board",

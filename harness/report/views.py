@@ -61,7 +61,7 @@ class ViewTable:
 
 _RUNS_SQL = f"""
 SELECT b.suite, b.hardware, b.run_key, b.seed, b.model, b.method, b.task_name, b.params,
-       b.task_params, b.scenario, b.status = b.basis
+       b.task_params, b.scenario, b.status = b.basis AS of_basis
 FROM board_run AS b
 WHERE {QUALITY_RUNS} AND b.suite = $1
 ORDER BY b.hardware, b.run_key
@@ -138,17 +138,19 @@ def _values(con: duckdb.DuckDBPyConnection, view: View, run_keys: list[str],
 def _table(con: duckdb.DuckDBPyConnection, suite: str, hardware: str, view: View,
            runs: list[tuple], declared: ResultColumns, roles: dict[str, str]
            ) -> ViewTable | None:
-    matched = []
+    matched, of_basis = [], set()
     for run in runs:
-        _, _, run_key, seed, model, method, task, params, task_params, _, basis = run
+        _, _, run_key, seed, model, method, task, params, task_params, _, basis_seed = run
         dims = run_dimensions(method, model, task, json.loads(params), json.loads(task_params))
         if view.matches(dims):
-            matched.append((run_key, seed, dims, basis))
+            matched.append((run_key, seed, dims))
+            if basis_seed:
+                of_basis.add(run_key)
     if not matched:
         return None
     values, unit, hib, label, quality = _values(con, view, [m[0] for m in matched], declared)
-    # Runs whose timings alone are in doubt count for a quality, not for a cost.
-    matched = [m[:3] for m in matched if quality or m[3]]
+    if not quality:  # runs whose timings alone are in doubt count for a quality, not a cost
+        matched = [m for m in matched if m[0] in of_basis]
     bins = view.columns == BINS
     # cells[row][column] -> seed -> value
     cells: dict[tuple, dict[Any, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
