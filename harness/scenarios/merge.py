@@ -3,11 +3,13 @@ downstream head was fine-tuned at, with and without a method that compensates.
 
 Token merging (ToMe, :mod:`harness.models.tome`) makes a ViT faster by merging ``r`` tokens
 per block; a downstream model fine-tuned at one ``r`` loses accuracy at another. A run is one
-``(r_src, r_tgt)`` pair (the method's params, :class:`~.merge_protocol.MergeParams`):
+``(r_src, r_tgt)`` pair (the method's params, :class:`~.merge_protocol.MergeParams`), or
+``r_tgt`` alone for a method whose head is tuned where it runs
+(:class:`~.merge_protocol.MergeTarget`):
 
 1. the pretrained ViT (model kind ``image-classification``) gets ToMe and is frozen;
-2. a fresh linear head is fine-tuned on its class-token features at the method's
-   ``head_ratio`` (``r_src`` unless the method says otherwise): ``head_steps`` full-batch
+2. a fresh linear head is fine-tuned on its class-token features at ``r_src`` (``r_tgt``
+   when the method's params have no ``r_src``): ``head_steps`` full-batch
    AdamW steps from the run's seed on the task's train split (the features are computed once:
    the frozen backbone has no dropout in eval mode);
 3. the method may ``transform`` the model for running at ``r_tgt``;
@@ -142,11 +144,11 @@ class MergeScenario:
 
         from harness.models.tome import TokenMerging, token_counts
         from harness.scenarios.adapt import pixel_values
-        from harness.scenarios.merge_protocol import MergeParams, vit_block_flops
+        from harness.scenarios.merge_protocol import vit_block_flops
 
         p = ctx.task.params(**ctx.spec.task_params)
         params = dict(ctx.spec.params)
-        ratios = MergeParams(**{k: params[k] for k in ("r_src", "r_tgt")})
+        r_tgt = int(params["r_tgt"])
         method = ctx.method
         record = ctx.recorder.record
         data = ctx.task.data(p, ctx.spec.seed)
@@ -159,8 +161,7 @@ class MergeScenario:
         test_x = pixel_values(data.test_x, config).to(ctx.device)
         val_x = pixel_values(data.val_x, config).to(ctx.device)
 
-        head_ratio = method.head_ratio(params) if hasattr(method, "head_ratio") else ratios.r_src
-        tome.r = head_ratio
+        tome.r = int(params.get("r_src", r_tgt))
         with ctx.phase("fine_tune"):
             head = self.fine_tune(ctx, _features(model, train_x, p.eval_batch), data.train_y,
                                   data.num_classes, p)  # fmt: skip
@@ -169,7 +170,7 @@ class MergeScenario:
         if hasattr(method, "transform"):
             with ctx.phase("transform"):
                 model = method.transform(model, params, ctx)
-        tome.r = ratios.r_tgt
+        tome.r = r_tgt
         with ctx.phase("eval"):
             accuracy = _accuracy(model, test_x, data.test_y, p.eval_batch)
         record("eval", "accuracy", accuracy, "", higher_is_better=True)
@@ -180,7 +181,7 @@ class MergeScenario:
         counts = tome.counts
         record("model", "flops_per_image",
                vit_block_flops(counts, config.hidden_size, config.intermediate_size), "flop")
-        leaving = token_counts(counts[0], ratios.r_tgt, len(counts) + 1)[-1]
+        leaving = token_counts(counts[0], r_tgt, len(counts) + 1)[-1]
         record("model", "final_tokens", leaving, "count")
         added = method.added_params(model, params) if hasattr(method, "added_params") else 0
         stored = method.storage_bytes(model, params) if hasattr(method, "storage_bytes") else 0

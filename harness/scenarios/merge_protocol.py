@@ -5,11 +5,10 @@ The scenario loads a pretrained ViT (``image-classification``), installs ToMe
 (:class:`harness.models.tome.TokenMerging`) and freezes it; a downstream head is
 fine-tuned on the backbone's features at one merge ratio, and the model is then evaluated at
 ``r_tgt`` tokens merged per block. Every merge method's params derive from
-:class:`MergeParams`, so a run is one ``(r_src, r_tgt)`` pair. A method provides
+:class:`MergeParams`, so a run is one ``(r_src, r_tgt)`` pair, or from :class:`MergeTarget`
+alone (no ``r_src``) for a method whose head is fine-tuned at the ratio it runs at (the
+matched upper bound). A method provides
 
-* ``head_ratio(params) -> int`` (optional) — the ratio the head is fine-tuned at: ``r_src``
-  by default; ``r_tgt`` for the matched upper bound (a model fine-tuned at the ratio it runs
-  at);
 * ``transform(model, params, ctx) -> model`` (optional) — change the backbone for running at
   ``r_tgt`` after being fine-tuned at ``r_src`` (a compensator), called once the head is
   trained and before evaluation; it may record its own figures; without it the model runs as
@@ -20,7 +19,7 @@ fine-tuned on the backbone's features at one merge ratio, and the model is then 
 
 ``model`` is the ``ViTForImageClassification`` (on ``ctx.device``, frozen, in eval mode)
 with the scenario's ToMe installed, and its fine-tuned head as ``classifier``. When:
-``head_ratio`` before the head is fine-tuned; ``transform`` in the ``transform`` phase, once
+``transform`` in the ``transform`` phase, once
 the head is trained, with ToMe at the head's ratio — after it the scenario sets ``r_tgt`` on
 its ToMe, so a method leaves that installed (and does not install another on ``model``);
 ``added_params`` and ``storage_bytes`` after evaluation, on the model ``transform`` returned.
@@ -28,8 +27,8 @@ its ToMe, so a method leaves that installed (and does not install another on ``m
 ``params`` is a plain ``dict``, the same for every call: the run's method params from the
 suite, validated by the method's ``params`` schema with its defaults filled in, as JSON
 values (a tuple field arrives as a list). ``YourParams(**params)`` gives the typed object.
-Every merge method's schema derives from :class:`MergeParams`: the scenario reads its
-``r_src`` and ``r_tgt``.
+Every merge method's schema derives from :class:`MergeParams` or :class:`MergeTarget`: the
+scenario reads its ``r_tgt``, and its ``r_src`` where it has one.
 
 ``ctx`` (:class:`harness.api.RunContext`, passed to ``transform``): a method may use
 ``ctx.device``, ``ctx.spec`` (``seed``, ``model``), ``ctx.cache_dir`` (through
@@ -66,12 +65,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MergeParams",
+    "MergeTarget",
     "backbone_id",
     "build_cached",
     "pretraining_batches",
     "token_merging",
     "vit_block_flops",
 ]
+
+
+class MergeTarget(Params):
+    """The merge ratio a run's model runs at (``r_tgt``), its head fine-tuned there too."""
+
+    r_tgt: int = Field(0, ge=0, description="tokens merged per block at fine-tuning and "
+                       "evaluation")
 
 
 class MergeParams(Params):

@@ -7,10 +7,7 @@ the ratio it runs at reaches, which a compensator tries to approach without retr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from harness.scenarios.merge_protocol import MergeParams
+from harness.scenarios.merge_protocol import MergeParams, MergeTarget
 
 __all__ = ["ToMe", "ToMeMatched"]
 
@@ -26,14 +23,11 @@ class ToMe:
 
 
 class ToMeMatched:
-    """The head fine-tuned at the ratio the model runs at."""
+    """The head fine-tuned at the ratio the model runs at: its params have no ``r_src``."""
 
     name = "tome-matched"
     role = "upper-bound"
     version = "1"
     description = "token merging with the head fine-tuned at r_tgt itself: the upper bound"
     scenarios = ("merge",)
-    params = MergeParams
-
-    def head_ratio(self, params: Mapping[str, Any]) -> int:
-        return int(params["r_tgt"])
+    params = MergeTarget

@@ -60,7 +60,10 @@ def test_more_merging_is_fewer_flops(vit_dir: str) -> None:
 
 
 def test_matched_head_is_fine_tuned_at_the_target_ratio(vit_dir: str) -> None:
-    matched = run(vit_dir, ToMeMatched(), r_src=0, r_tgt=12).recorder.value
+    """A method whose params have no r_src gets its head tuned at r_tgt."""
+    with pytest.raises(ValueError, match="r_src"):  # no ratio it would ignore
+        ToMeMatched.params(r_src=0, r_tgt=12)
+    matched = run(vit_dir, ToMeMatched(), r_tgt=12).recorder.value
     plain = run(vit_dir, ToMe(), r_src=12, r_tgt=12).recorder.value
     # Matched at 12 is ToMe fine-tuned and run at 12: the same head, the same accuracy.
     assert matched("eval", "accuracy") == plain("eval", "accuracy")
