@@ -19,10 +19,10 @@ matched upper bound). A method provides
 
 ``model`` is the ``ViTForImageClassification`` (on ``ctx.device``, frozen, in eval mode)
 with the scenario's ToMe installed, and its fine-tuned head as ``classifier``. When:
-``transform`` in the ``transform`` phase, once
-the head is trained, with ToMe at the head's ratio — after it the scenario sets ``r_tgt`` on
-its ToMe, so a method leaves that installed (and does not install another on ``model``);
-``added_params`` and ``storage_bytes`` after evaluation, on the model ``transform`` returned.
+``transform`` in the ``transform`` phase, once the head is trained, with ToMe at the head's
+ratio — after it the scenario sets ``r_tgt`` on its ToMe, so a method leaves that installed
+(and does not install another on ``model``); ``added_params`` and ``storage_bytes`` after
+evaluation, on the model ``transform`` returned.
 
 ``params`` is a plain ``dict``, the same for every call: the run's method params from the
 suite, validated by the method's ``params`` schema with its defaults filled in, as JSON
