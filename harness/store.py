@@ -17,6 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import pyarrow as pa
 
 from harness.api import STATUSES
 from harness.canonical import canonical_json, config_key
+from harness.layout import Layout
 
 __all__ = [
     "MIGRATIONS",
@@ -424,10 +426,19 @@ class Store:
         """Upsert a suite by its id (name + YAML source) and mark it run now.
 
         ``layout`` is its leaderboard layout (:meth:`harness.layout.Layout.to_json`); the
-        latest replaces an earlier one (a plugin may have changed a method's role)."""
+        latest replaces an earlier one (a plugin may have changed a method's role), but the
+        roles of runs it no longer has are kept: a plugin that re-keys a reference's or
+        bound's runs leaves the old ones in the store, and they stay pinned, never ranked."""
         suite_id = suite_id_for(name, text)
         now = _now()
         with self._connect() as con:
+            if layout is not None:
+                (earlier,) = con.execute(
+                    "SELECT CAST(layout AS VARCHAR) FROM suites WHERE suite_id = ?", [suite_id]
+                ).fetchone() or (None,)
+                if earlier:
+                    old, new = Layout.from_json(earlier), Layout.from_json(layout)
+                    layout = replace(new, roles={**old.roles, **new.roles}).to_json()
             con.execute(
                 """
                 INSERT INTO suites VALUES (?, ?, ?, ?, ?, ?, ?, ?)

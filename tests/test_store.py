@@ -412,3 +412,17 @@ def test_suite_layout_migrates_and_upserts(db: Path, monkeypatch: pytest.MonkeyP
     store.record_suite("smoke", "s.yaml", "", "name: smoke\n", '{"roles":{"k":"reference"}}')
     assert rows(db, "SELECT CAST(layout AS VARCHAR) FROM suites") == [
         ('{"roles":{"k":"reference"}}',)]
+
+
+def test_a_rerun_keeps_the_roles_of_runs_the_suite_no_longer_has(store: Store, db: Path) -> None:
+    """A plugin that re-keys a bound's runs leaves the old runs in the store: they keep
+    their role (pinned, never ranked), while a run the suite still has takes its latest."""
+    text = "name: smoke\n"
+    store.record_suite("smoke", "s.yaml", "", text,
+                       '{"roles":{"old":"upper-bound","kept":"reference"}}')
+    store.record_suite("smoke", "s.yaml", "", text,
+                       '{"roles":{"new":"upper-bound","kept":"lower-bound"},"views":[]}')
+    [(layout,)] = rows(db, "SELECT CAST(layout AS VARCHAR) FROM suites")
+    assert json.loads(layout)["roles"] == {"old": "upper-bound", "new": "upper-bound",
+                                           "kept": "lower-bound"}
+
