@@ -1,4 +1,5 @@
-"""Inline SVG plots: quality-versus-cost Pareto plots and a run's raw timing samples.
+"""Inline SVG plots: quality-versus-cost Pareto plots, a view's rows against its numeric
+columns, and a run's raw timing samples.
 
 Geometry lives in :data:`FRAME`, shared with the templates (a jinja global) that draw the
 axes and labels around the points placed here.
@@ -14,8 +15,8 @@ from harness.report.names import params_text
 from harness.report.numbers import ci95, fmt, scale
 from harness.report.query import Agg, Board, Column, Row, latency_interval
 
-__all__ = ["FRAME", "Plot", "pareto_frontier", "pareto_plots", "row_label",
-           "samples_plot"]
+__all__ = ["FRAME", "Plot", "Series", "curves_plot", "pareto_frontier", "pareto_plots",
+           "row_label", "samples_plot"]
 
 @dataclass(frozen=True)
 class _Frame:
@@ -160,6 +161,17 @@ class _Line:
 
 
 @dataclass(slots=True)
+class _Curve:
+    """A view's row against its columns: the line through its points, its 95 % intervals as
+    one path of error bars, and each point's (x, y, tooltip)."""
+
+    css: str  # its colour (``s0``..``s7``), plus ``ref`` for a reference or bound: dashed
+    d: str
+    err: str
+    points: list[tuple[float, float, str]]
+
+
+@dataclass(slots=True)
 class Plot:
     """An inline SVG plot, or (``skip``) the sentence that stands in for it."""
 
@@ -175,6 +187,8 @@ class Plot:
     step: str = ""
     dots: str = ""  # samples: one dot per iteration and the median line
     median: float = 0.0
+    curves: list[_Curve] = field(default_factory=list)  # a view's rows against its columns
+    legend: list[tuple[str, str]] = field(default_factory=list)  # (curve css, its name)
     note: str = ""
 
 
@@ -312,6 +326,63 @@ def _pareto(title: str, rows: list[_Placed], x_column: Column, y_column: Column,
             "Dashed lines: the quality of references and bounds (hollow diamonds where they "
             "have this cost), which are never on the frontier." if lines else "",
         ))),
+    )
+
+
+#: Colours of a view plot's lines, in the style sheet; more rows than this reuse them.
+CURVE_COLOURS = 8
+
+
+@dataclass(slots=True)
+class Series:
+    """A view's row to draw: its name, its role (None for a contender) and its cells as
+    ``(x, mean, 95 % CI half-width or None)``, one per column it has."""
+
+    name: str
+    role: str | None
+    cells: list[tuple[float, float, float | None]]
+
+
+def curves_plot(title: str, x_label: str, y_label: str, unit: str, higher_is_better: bool,
+                series: list[Series]) -> Plot | None:
+    """A view's rows as lines against its columns' values (a replay buffer, a merge ratio,
+    a context length), each point a cell's mean with its 95 % interval; references and
+    bounds dashed. None where it would say nothing: under two columns, or no row with two
+    points."""
+    xs = sorted({x for s in series for x, _, _ in s.cells})
+    if len(xs) < 2 or not any(len(s.cells) > 1 for s in series):
+        return None
+    values = [y for s in series for _, y, _ in s.cells]
+    divisor, text = scale(max(map(abs, values)), unit)
+    ends = [y + sign * (ci or 0.0) for s in series for _, y, ci in s.cells for sign in (-1, 1)]
+    x_axis, x_ticks = _axis(xs, FRAME.left, FRAME.right, allow_log=True)
+    if len(xs) <= 12:  # a handful of settings: tick each one
+        x_ticks = [float(x) for x in xs]
+    y_axis, y_ticks = _axis([v / divisor for v in values + ends], FRAME.bottom, FRAME.top,
+                            allow_log=False)
+    curves, legend = [], []
+    for i, s in enumerate(series):
+        css = f"s{i % CURVE_COLOURS}" + (" ref" if s.role else "")
+        name = f"{s.name} ({s.role.replace('-', ' ')})" if s.role else s.name
+        placed = [(x_axis(x), y_axis(y / divisor), x, y, ci) for x, y, ci in sorted(s.cells)]
+        err = "".join(
+            f"M{px},{y_axis((y - ci) / divisor)}V{y_axis((y + ci) / divisor)}"
+            for px, _, _, y, ci in placed if ci)
+        points = [(px, py, f"{name}, {x_label} {fmt(x)}: "
+                           f"{_with_ci(y, (y - ci, y + ci) if ci else None, unit)}")
+                  for px, py, x, y, ci in placed]
+        d = "M" + "L".join(f"{px},{py}" for px, py, *_ in placed)
+        curves.append(_Curve(css, d, err, points))
+        legend.append((css, name))
+    x_ticks, y_ticks = _ticks(x_axis, x_ticks), _ticks(y_axis, y_ticks)
+    return Plot(
+        title, grid=_grid(x_ticks, y_ticks), x_ticks=x_ticks, y_ticks=y_ticks,
+        x_label=f"{x_label}{', log scale' if x_axis.log else ''}",
+        y_label=f"{y_label}{_in(text)} — {'higher' if higher_is_better else 'lower'} is "
+                "better",
+        curves=curves, legend=legend,
+        note="Bars: 95 % confidence intervals over seeds. Dashed: references and bounds."
+        if any(s.role for s in series) else "Bars: 95 % confidence intervals over seeds.",
     )
 
 

@@ -24,6 +24,7 @@ from harness.columns import ResultColumns
 from harness.layout import BINS, View, dimension_label, run_dimensions
 from harness.report.names import UniqueNames, slugify
 from harness.report.numbers import ci95, fmt_delta, fmt_mean, mean_sd
+from harness.report.plots import Plot, Series, curves_plot
 from harness.report.query import COMPARED_WITH, QUALITY_RUNS, ROLE_RANK, SiteData
 
 __all__ = ["ViewRow", "ViewTable", "view_tables"]
@@ -57,6 +58,7 @@ class ViewTable:
     rows: list[ViewRow] = field(default_factory=list)
     stem: str = ""  # file name stem of its downloads, in the suite's folder
     note: str = ""
+    plot: Plot | None = None  # its rows against its columns, where those are numbers
 
 
 _RUNS_SQL = f"""
@@ -241,7 +243,24 @@ def _table(con: duckdb.DuckDBPyConnection, suite: str, hardware: str, view: View
         notes.append(f"Small print under a cell: its difference from "
                      f"{' '.join(row_labels[reference])} ({role}).")
     table.note = " ".join(notes)
+    if not bins and all(_is_number(column_values[c]) for c in columns):
+        table.plot = curves_plot(
+            view.title, column_title, label, unit, hib,
+            [Series(_series_name(table.row_headers, row_labels[row]), row_roles.get(row),
+                    [(column_values[c], *stats[row][c][:2]) for c in columns
+                     if c in stats[row]])
+             for row in ordered])
     return table
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _series_name(headers: list[str], labels: list[str]) -> str:
+    """A row's name in a legend: its first dimension, then the others as ``name=value``."""
+    rest = [f"{h}={v}" for h, v in zip(headers[1:], labels[1:], strict=True) if v != "—"]
+    return f"{labels[0]} ({', '.join(rest)})" if rest else labels[0]
 
 
 def _summary(values: list[float]) -> tuple[float, float | None, int]:

@@ -130,6 +130,18 @@ def test_a_view_is_method_by_buffer_with_mean_and_delta(site: Path) -> None:
     assert pinned.count('data-sort="95.0"') == 3
 
 
+def test_a_view_against_a_numeric_param_is_also_drawn(site: Path) -> None:
+    """Below the buffer view: a line per row (bounds dashed), a_b%c a single point."""
+    html = page(site)
+    figure = html[html.index(">Accuracy by buffer</h3>"):].split("</figure>")[0]
+    curves = re.findall(r'<g class="curve ([^"]+)">(.*?)</g>', figure, re.S)
+    names = re.findall(r"</svg>([^<]+)</li>", figure)
+    assert names == ["joint (upper bound)", "finetune (lower bound)", "a_b%c", "er", "taer"]
+    assert [css for css, _ in curves[:5]] == ["s0 ref", "s1 ref", "s2", "s3", "s4"]
+    assert [body.count("<circle") for _, body in curves[:5]] == [2, 2, 1, 2, 2]
+    assert "taer, buffer 50: 85 % (95 % CI" in figure
+
+
 def test_downloads_say_the_role(site: Path) -> None:
     [json_path] = site.glob("cl/split-digits-*.json")
     rows = json.loads(json_path.read_text(encoding="utf-8"))["rows"]

@@ -7,7 +7,7 @@ import json
 import xml.etree.ElementTree as ET
 
 from harness.columns import CORE_COSTS, CostColumn, ResultColumns
-from harness.report.plots import FRAME, Plot, pareto_plots, samples_plot
+from harness.report.plots import FRAME, Plot, Series, curves_plot, pareto_plots, samples_plot
 from harness.report.query import Agg, Board, Column, Row
 from harness.report.render import templates
 
@@ -213,3 +213,32 @@ def test_cost_noise_round_trips_and_older_json_loads() -> None:
     del older["costs"][0]["noise"]
     assert ResultColumns.from_json(json.dumps(older)).costs[0].noise == 0.0
     assert {c.key: c.noise for c in CORE_COSTS}["host_ram"] == 0.02
+
+
+def test_a_view_s_rows_are_lines_against_its_columns() -> None:
+    """One line per row through its cells in column order, ticks at the columns' values,
+    bars where a cell has an interval, a bound dashed, every row named in the legend."""
+    series = [Series("joint", "upper-bound", [(20, 95.0, None), (50, 95.0, None)]),
+              Series("er", None, [(50, 81.0, 2.5), (20, 71.0, 2.5)]),
+              Series("taer (lr=1)", None, [(20, 76.0, None)])]
+    plot = curves_plot("Accuracy by buffer", "buffer", "accuracy", "%", True, series)
+    assert plot is not None and _labels(plot.x_ticks) == ["20", "50"]
+    assert plot.y_label == "accuracy in % — higher is better"
+    joint, er, taer = plot.curves
+    assert joint.css == "s0 ref" and er.css == "s1" and not joint.err and er.err
+    xs = [x for x, _, _ in er.points]
+    assert xs == sorted(xs) and er.d.count("L") == 1 and len(taer.points) == 1
+    assert er.points[1][2] == "er, buffer 50: 81 % (95 % CI 78.5 % – 83.5 %)"
+    assert plot.legend == [("s0 ref", "joint (upper bound)"), ("s1", "er"),
+                           ("s2", "taer (lr=1)")]
+    html, svg = _svg(plot)
+    assert len(svg.findall(".//{*}g[@class='curve s1']/{*}circle")) == 2
+    assert html.count("<li>") == 3 and "Dashed: references and bounds." in html
+
+
+def test_a_view_with_one_column_or_single_points_has_no_line_plot() -> None:
+    one_column = [Series("er", None, [(20, 71.0, None)]), Series("x", None, [(20, 1.0, None)])]
+    assert curves_plot("t", "buffer", "accuracy", "", True, one_column) is None
+    single = [Series("er", None, [(20, 71.0, None)]), Series("x", None, [(50, 1.0, None)])]
+    assert curves_plot("t", "buffer", "accuracy", "", True, single) is None
+
