@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 __all__ = ["BINS", "Layout", "View", "dimension_label", "run_dimensions"]
@@ -82,6 +82,11 @@ class Layout:
     roles: dict[str, str] = field(default_factory=dict)
     views: tuple[View, ...] = ()
     runs: tuple[str, ...] = ()
+
+    def over(self, earlier: Layout) -> Layout:
+        """This layout, keeping the roles ``earlier`` gave runs it no longer has: runs a
+        plugin re-keyed stay in the store, and stay what they were (pinned, never ranked)."""
+        return replace(self, roles={**earlier.roles, **self.roles})
 
     def to_json(self) -> str:
         return json.dumps({"roles": self.roles, "views": [asdict(v) for v in self.views],

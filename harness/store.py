@@ -17,7 +17,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -437,8 +436,7 @@ class Store:
                     "SELECT CAST(layout AS VARCHAR) FROM suites WHERE suite_id = ?", [suite_id]
                 ).fetchone() or (None,)
                 if earlier:
-                    old, new = Layout.from_json(earlier), Layout.from_json(layout)
-                    layout = replace(new, roles={**old.roles, **new.roles}).to_json()
+                    layout = Layout.from_json(layout).over(Layout.from_json(earlier)).to_json()
             con.execute(
                 """
                 INSERT INTO suites VALUES (?, ?, ?, ?, ?, ?, ?, ?)

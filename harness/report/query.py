@@ -280,8 +280,7 @@ def stored_layouts(con: duckdb.DuckDBPyConnection) -> dict[str, Layout]:
         "SELECT name, CAST(layout AS VARCHAR) FROM suites WHERE layout IS NOT NULL "
         "AND name IN (SELECT suite FROM member) ORDER BY last_run, suite_id"
     ).fetchall():
-        layout, earlier = Layout.from_json(text), layouts.get(name, Layout())
-        layouts[name] = Layout({**earlier.roles, **layout.roles}, layout.views, layout.runs)
+        layouts[name] = Layout.from_json(text).over(layouts.get(name, Layout()))
     return layouts
 
 

@@ -290,6 +290,4 @@ def _text(value: Any) -> str:
 
 def _sort_key(value: Any) -> tuple:
     """Numbers in numeric order before text; JSON text for the rest."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return (1, _text(value))
-    return (0, value)
+    return (0, value) if _is_number(value) else (1, _text(value))
